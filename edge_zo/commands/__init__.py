@@ -1,0 +1,1 @@
+"""One module per `edge-zo` subcommand: its options and a thin `run` that delegates."""

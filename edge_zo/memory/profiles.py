@@ -1,0 +1,114 @@
+"""Device profiles: one TOML file per real device, read and validated here.
+
+A profile states what a job may use on a device (DESIGN.md section 5): total memory, what
+the OS keeps, whether CPU and GPU share memory (Jetson), the execution provider, dtype,
+threads, and the oldest onnxruntime the device's software line ships (which decides the
+bundle's opset). Built-in profiles live in the top-level `device_profiles/` folder; a user's
+own file works the same way: `--profile path/to/my-board.toml`.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import MISSING, dataclass, fields
+from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10 (JetPack 6 ships it)
+    import tomli as tomllib
+
+from edge_zo.errors import UserError
+
+PROVIDERS = ("cpu", "cuda")
+DTYPES = ("fp32", "fp16")
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    name: str  # file stem; what `--profile` takes
+    description: str  # the device and its software line, in words
+    memory_mib: int  # RAM on the board (CPU side; all of it on unified-memory devices)
+    reserved_mib: int  # what the OS, desktop and drivers keep; never planned for a job
+    unified_memory: bool  # CPU and GPU allocate from one pool (Jetson)
+    execution_provider: str  # "cpu" or "cuda"
+    dtype: str  # precision of the base weights a bundle for this device should use
+    threads: int  # intra-op threads: the physical cores available to the job
+    min_onnxruntime: str  # oldest onnxruntime its software line ships, e.g. "1.16"
+    opset: int  # the ONNX opset bundles for it must use (18 for runtimes before 1.17)
+    gpu_memory_mib: int = 0  # discrete GPU memory; 0 when there is none or it is unified
+    source: str = ""  # where the figures come from (data sheet, release notes)
+
+    @property
+    def budget_mib(self) -> int:
+        """Host memory a job may plan for: the board's memory less what the OS keeps."""
+        return self.memory_mib - self.reserved_mib
+
+
+def builtin_dir() -> Path:
+    import device_profiles  # a data package: the TOML files beside its __init__
+
+    return Path(device_profiles.__file__).parent
+
+
+def builtin_names() -> list[str]:
+    return sorted(p.stem for p in builtin_dir().glob("*.toml"))
+
+
+def load_profile(name_or_path: str) -> DeviceProfile:
+    """A built-in profile by name, or a user's profile file by path."""
+    path = Path(name_or_path)
+    if path.suffix != ".toml":
+        path = builtin_dir() / f"{name_or_path}.toml"
+        if not path.is_file():
+            raise UserError(f"no device profile named {name_or_path!r}; built-in profiles: "
+                            f"{', '.join(builtin_names())}; or pass a .toml file's path")
+    elif not path.is_file():
+        raise UserError(f"{path}: profile file not found")
+    return parse_profile(path)
+
+
+def parse_profile(path: Path) -> DeviceProfile:
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: not valid TOML ({err})") from None
+    raw.setdefault("name", path.stem)
+    spec = {f.name: f for f in fields(DeviceProfile)}
+    unknown = sorted(set(raw) - set(spec))
+    if unknown:
+        raise UserError(f"{path}: unknown keys {unknown}; known keys: {sorted(spec)}")
+    missing = sorted(k for k, f in spec.items() if k not in raw and f.default is MISSING)
+    if missing:
+        raise UserError(f"{path}: missing keys {missing}")
+    for key, value in raw.items():
+        _check_type(path, key, value, spec[key].type)
+    profile = DeviceProfile(**raw)
+    _check_values(path, profile)
+    return profile
+
+
+def _check_type(path: Path, key: str, value, type_name: str) -> None:
+    expected = {"int": int, "str": str, "bool": bool}[type_name]
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise UserError(f"{path}: {key} = {value!r} must be {type_name}")
+
+
+def _check_values(path: Path, p: DeviceProfile) -> None:
+    problems = []
+    if p.execution_provider not in PROVIDERS:
+        problems.append(f"execution_provider {p.execution_provider!r} is not one of {PROVIDERS}")
+    if p.dtype not in DTYPES:
+        problems.append(f"dtype {p.dtype!r} is not one of {DTYPES}")
+    if p.memory_mib <= 0 or p.threads <= 0 or p.reserved_mib < 0 or p.gpu_memory_mib < 0:
+        problems.append("memory_mib and threads must be > 0; reserved_mib and gpu_memory_mib >= 0")
+    if p.reserved_mib >= p.memory_mib:
+        problems.append(f"reserved_mib {p.reserved_mib} leaves nothing of memory_mib {p.memory_mib}")
+    if p.unified_memory and p.gpu_memory_mib:
+        problems.append("a unified-memory device has no separate gpu_memory_mib; set it to 0")
+    if p.execution_provider == "cpu" and p.dtype == "fp16":
+        problems.append("fp16 weights on the CPU execution provider are slower than fp32; use fp32")
+    if p.opset not in (18, 20):
+        problems.append(f"opset {p.opset} is not one the exporter writes (18 or 20)")
+    if problems:
+        raise UserError(f"{path}: " + "; ".join(problems))
