@@ -1,0 +1,145 @@
+"""Checkpoints and the step journal: a job killed at any moment resumes bit for bit.
+
+DESIGN.md section 6. A checkpoint is one `.npz` file of named arrays plus JSON metadata.
+It is written to a temporary file, fsynced, renamed into place, and only then marked
+complete by a small `.done` file that holds its SHA-256; the previous checkpoint is removed
+only after the new one is whole. Loading takes the newest checkpoint whose marker exists and
+whose hash matches, so a half-written or corrupted file falls back to the one before.
+
+Between checkpoints the journal records each step's key and scalar results (a few bytes a
+step, fsynced), so a resumed run replays the steps after the checkpoint without forward
+passes and continues from exactly where the killed one stopped. A torn last line (the kill
+landed mid-write) is ignored: that step never completed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge_zo.errors import UserError
+
+KEEP = 2  # checkpoints kept on disk: the newest and the one it replaced
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    step: int
+    arrays: dict[str, np.ndarray]
+    meta: dict
+    path: Path
+
+
+def _fsync_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    # The rename itself must reach the disk, or a power cut can undo it.
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save(folder: str | Path, step: int, arrays: dict[str, np.ndarray], meta: dict) -> Path:
+    """Write checkpoint `step` atomically, then drop all but the newest `KEEP`."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"ckpt-{step:09d}.npz"
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        # np.savez of a dict keeps names and dtypes exactly; no pickles, so loading is safe.
+        np.savez(f, __meta__=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(folder)
+    _fsync_write(path.with_suffix(".done"), _sha256(path).encode())
+    for old in sorted(folder.glob("ckpt-*.npz"))[:-KEEP]:
+        old.with_suffix(".done").unlink(missing_ok=True)  # unmark first: never a marked stub
+        old.unlink(missing_ok=True)
+    return path
+
+
+def load_latest(folder: str | Path) -> Checkpoint | None:
+    """The newest complete, intact checkpoint, or None when there is none."""
+    for path in sorted(Path(folder).glob("ckpt-*.npz"), reverse=True):
+        marker = path.with_suffix(".done")
+        if not marker.is_file() or marker.read_text().strip() != _sha256(path):
+            continue  # half-written (no marker yet) or damaged since: use the one before
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                arrays = {name: npz[name] for name in npz.files}
+        except (OSError, ValueError, zipfile.BadZipFile):
+            continue
+        meta = json.loads(arrays.pop("__meta__").tobytes())
+        return Checkpoint(int(path.stem.split("-")[1]), arrays, meta, path)
+    return None
+
+
+class Journal:
+    """Append-only JSONL of completed steps; each line is fsynced before the step counts."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._file = None
+
+    def append(self, record: dict) -> None:
+        if self._file is None:
+            self._file = open(self.path, "a", encoding="utf-8")
+        self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def read(self, after_step: int = -1) -> list[dict]:
+        """Records with step > after_step, in order; a torn final line is dropped."""
+        if not self.path.is_file():
+            return []
+        lines = self.path.read_text(encoding="utf-8").split("\n")
+        records = []
+        for number, line in enumerate(lines, 1):
+            if not line:
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                if number >= len(lines) - 1:  # the last line: the kill landed mid-write
+                    break
+                raise UserError(f"{self.path}, line {number}: damaged journal entry; "
+                                "the run cannot be replayed past it") from None
+            if record["step"] > after_step:
+                records.append(record)
+        return records
+
+    def truncate_after(self, step: int) -> None:
+        """Drop records after `step` and any torn tail, so appends continue cleanly."""
+        kept = [json.dumps(r, separators=(",", ":")) + "\n" for r in self.read() if r["step"] <= step]
+        self.close()
+        _fsync_write(self.path, "".join(kept).encode())
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
