@@ -36,7 +36,8 @@ class Checkpoint:
     path: Path
 
 
-def _fsync_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` so that a kill leaves either the old or the new file."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         f.write(data)
@@ -76,7 +77,7 @@ def save(folder: str | Path, step: int, arrays: dict[str, np.ndarray], meta: dic
         os.fsync(f.fileno())
     os.replace(tmp, path)
     _fsync_dir(folder)
-    _fsync_write(path.with_suffix(".done"), _sha256(path).encode())
+    atomic_write(path.with_suffix(".done"), _sha256(path).encode())
     for old in sorted(folder.glob("ckpt-*.npz"))[:-KEEP]:
         old.with_suffix(".done").unlink(missing_ok=True)  # unmark first: never a marked stub
         old.unlink(missing_ok=True)
@@ -137,7 +138,7 @@ class Journal:
         """Drop records after `step` and any torn tail, so appends continue cleanly."""
         kept = [json.dumps(r, separators=(",", ":")) + "\n" for r in self.read() if r["step"] <= step]
         self.close()
-        _fsync_write(self.path, "".join(kept).encode())
+        atomic_write(self.path, "".join(kept).encode())
 
     def close(self) -> None:
         if self._file is not None:

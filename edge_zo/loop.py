@@ -1,0 +1,230 @@
+"""The fine-tuning loop, top to bottom (DESIGN.md sections 6 and 7).
+
+A run folder holds config.json (the resolved config), journal.jsonl (each completed step's
+losses), metrics.jsonl, checkpoints/ (weights + optimizer state, atomically written) and
+best/ (the best-dev snapshot). A step is: pick the step's minibatch (a pure function of
+seed and step), let the optimizer query the runtime's losses and update, journal the
+losses (fsynced: from then on the step counts), log. Resuming loads the newest intact
+checkpoint and replays the journaled steps after it with their recorded losses instead of
+forward passes, so a run killed at any moment ends in the same weights, bit for bit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import psutil
+from tokenizers import Tokenizer
+from tqdm import tqdm
+
+from edge_zo import checkpoint, runconfig
+from edge_zo.bundle import TOKENIZER_NAME, read_manifest
+from edge_zo.errors import UserError
+from edge_zo.data import TEMPLATES, Batch, DataError, Template, load_classification, load_text, make_batch
+from edge_zo.metrics import Clock, MetricsLog, plot
+from edge_zo.optim import optimizer_for
+from edge_zo.rng import Key
+from edge_zo.runconfig import RunConfig
+from edge_zo.runtime import Runtime
+
+
+def finetune(config: RunConfig, run_dir: Path, resume: bool = False) -> dict:
+    """Run (or resume) a fine-tuning job; returns the last evaluation record."""
+    # ---- the pieces: bundle, data, runtime, optimizer ---------------------------------
+    run_dir.mkdir(parents=True, exist_ok=True)
+    manifest = read_manifest(config.bundle)
+    tokenizer = Tokenizer.from_file(str(Path(config.bundle) / TOKENIZER_NAME))
+    template = template_for(config, manifest)
+    train = load_examples(config, config.data, manifest, template)
+    evals = load_examples(config, config.eval_data, manifest, template) if config.eval_data else []
+    evals = evals[:config.eval_examples] if config.eval_examples else evals
+    runtime = Runtime(config.bundle, provider=config.provider, threads=config.threads or None)
+    runtime.set_probe_slots(config.probe_slots)
+    opt_config = config.optimizer_config(manifest.rank)
+    opt = optimizer_for(opt_config)
+    root = Key.root(config.seed)
+    state = opt.init(runtime.shapes, opt_config, root.child("init"))
+    batches = BatchSchedule(train, config, tokenizer, manifest)
+    journal = checkpoint.Journal(run_dir / "journal.jsonl")
+    metrics = MetricsLog(run_dir / "metrics.jsonl")
+    progress = {"step": 0, "forward_passes": 0, "train_s": 0.0, "eval_s": 0.0, "best": -np.inf}
+
+    # ---- a fresh run records its config; a resumed one restores and replays ---------
+    if resume:
+        state = restore(run_dir, runtime, config, state, progress)
+        state = replay(journal, runtime, opt, state, root, progress)
+        metrics.truncate_after(progress["step"])
+    else:
+        runconfig.save(config, run_dir)
+    clock = Clock(progress["train_s"], progress["eval_s"])
+
+    def evaluate_and_keep_best(step: int) -> dict:
+        with clock.evaluating():
+            record = evaluate(runtime, state, evals, tokenizer, manifest, config.batch_size)
+        record.update(kind="eval", step=step, forward_passes=progress["forward_passes"],
+                      train_s=clock.train_s, eval_s=clock.eval_s)
+        metrics.write(record)
+        score = record.get("eval_acc", -record.get("eval_loss", np.inf))
+        if evals and score > progress["best"]:
+            progress["best"] = score
+            snapshot(run_dir / "best", step, runtime, state, progress, clock)
+        return record
+
+    last = evaluate_and_keep_best(0) if progress["step"] == 0 else {}
+    bar = tqdm(range(progress["step"], config.steps), initial=progress["step"], total=config.steps,
+               desc="finetune", unit="step", dynamic_ncols=True, mininterval=1.0)
+    for t in bar:
+        # ---- one step: batch, probes, update; the journal line makes it count -------
+        batch = batches.at(t)
+        runtime.set_batch(batch.input_ids, batch.attention_mask, batch.labels, batch.loss_mask)
+        state, info = opt.step(state, runtime, root.child("step", t))
+        journal.append({"step": t, "losses": info.losses.tolist()})
+        progress["forward_passes"] += info.forward_passes
+        clock.tick()
+        metrics.write({"kind": "train", "step": t + 1, "loss": float(np.mean(info.losses)),
+                       "lr": info.lr, "forward_passes": progress["forward_passes"],
+                       "train_s": clock.train_s, "rss_mib": rss_mib()})
+        bar.set_postfix(loss=f"{np.mean(info.losses):.4f}", fwd=progress["forward_passes"],
+                        rss=f"{rss_mib():.0f}MiB", **_short(last))
+        # ---- evaluation and checkpoints at their intervals ----------------------------
+        done = t + 1
+        if evals and config.eval_every and done % config.eval_every == 0 and done < config.steps:
+            last = evaluate_and_keep_best(done)
+        if config.checkpoint_every and done % config.checkpoint_every == 0 or done == config.steps:
+            clock.tick()
+            snapshot(run_dir / "checkpoints", done, runtime, state, progress, clock)
+    bar.close()
+    journal.close()
+    if evals:
+        last = evaluate_and_keep_best(config.steps)  # the last iterate, beside the best-dev one
+    plot(metrics.read(), run_dir / "metrics.png")
+    return last
+
+
+# ---- data ------------------------------------------------------------------------------
+
+def template_for(config: RunConfig, manifest) -> Template | None:
+    if manifest.task != "classification":
+        return None
+    if config.template not in TEMPLATES:
+        raise DataError(f"template {config.template!r} is not one of {', '.join(TEMPLATES)}")
+    template = TEMPLATES[config.template]
+    if len(template.labels) != len(manifest.label_words):
+        raise DataError(f"template {config.template!r} has {len(template.labels)} labels but the "
+                        f"bundle was exported with label words {manifest.label_words}")
+    return template
+
+
+def load_examples(config: RunConfig, path: str, manifest, template) -> list:
+    if template is not None:
+        return load_classification(path, template, config.skip_bad).examples
+    return load_text(path, config.text_field, config.prompt_field or None, config.skip_bad).examples
+
+
+class BatchSchedule:
+    """Step t's minibatch: epochs of seeded permutations, so it depends only on (seed, t)."""
+
+    def __init__(self, examples, config: RunConfig, tokenizer, manifest):
+        self.examples, self.size, self.seed = examples, min(config.batch_size, len(examples)), config.seed
+        self.tokenizer, self.manifest = tokenizer, manifest
+
+    def at(self, t: int) -> Batch:
+        per_epoch = len(self.examples) // self.size
+        epoch, slot = divmod(t, per_epoch)
+        order = Key.root(self.seed).child("data", epoch).generator().permutation(len(self.examples))
+        picked = [self.examples[i] for i in order[slot * self.size:(slot + 1) * self.size]]
+        return make_batch(picked, self.tokenizer, self.manifest.max_seq_len, self.manifest.pad_token_id)
+
+
+# ---- evaluation ------------------------------------------------------------------------
+
+def evaluate(runtime: Runtime, state, examples, tokenizer, manifest, batch_size: int) -> dict:
+    """Accuracy (classification) or mean token NLL (causal LM) of the current weights."""
+    if not examples:
+        return {}
+    C = bind_pending(runtime, state)
+    correct, nll, tokens = 0, 0.0, 0.0
+    for start in range(0, len(examples), batch_size):
+        batch = make_batch(examples[start:start + batch_size], tokenizer,
+                           manifest.max_seq_len, manifest.pad_token_id)
+        runtime.set_batch(batch.input_ids, batch.attention_mask, batch.labels, batch.loss_mask)
+        scores = runtime.scores(C)
+        if manifest.task == "classification":
+            correct += int(np.sum(np.argmax(scores, axis=1) == batch.labels))
+        else:
+            nll, tokens = nll + float(np.sum(scores)), tokens + float(batch.loss_mask.sum())
+    if manifest.task == "classification":
+        return {"eval_acc": correct / len(examples)}
+    return {"eval_loss": nll / max(tokens, 1.0)}
+
+
+def bind_pending(runtime: Runtime, state) -> dict | None:
+    """The update not yet folded into W (X = W + A C), with its sketch bound; None if none."""
+    if not hasattr(state, "C"):
+        return None
+    runtime.set_sketch(state.sketch_id, state.A)
+    return state.C
+
+
+# ---- checkpoints, resume and replay ---------------------------------------------------
+
+def snapshot(folder: Path, step: int, runtime: Runtime, state, progress: dict, clock: Clock) -> None:
+    arrays = {f"W/{name}": w for name, w in runtime.export_weights(copy=False).items()}
+    arrays.update({f"opt/{k}": v for k, v in state.to_arrays().items()})
+    meta = {**progress, "step": step, "train_s": clock.train_s, "eval_s": clock.eval_s}
+    checkpoint.save(folder, step, arrays, meta)
+
+
+def load_snapshot(ckpt: checkpoint.Checkpoint, runtime: Runtime, config: RunConfig):
+    """Put a snapshot's weights into the runtime; return its optimizer state."""
+    runtime.load_weights({k[2:]: v for k, v in ckpt.arrays.items() if k.startswith("W/")})
+    state_cls = optimizer_for(config.optimizer_config(runtime.manifest.rank)).state_cls
+    return state_cls.from_arrays({k[4:]: v for k, v in ckpt.arrays.items() if k.startswith("opt/")})
+
+
+def restore(run_dir: Path, runtime: Runtime, config: RunConfig, state, progress: dict):
+    ckpt = checkpoint.load_latest(run_dir / "checkpoints")
+    best = checkpoint.load_latest(run_dir / "best")
+    if best is not None:
+        progress["best"] = best.meta["best"]
+    if ckpt is None:
+        return state  # killed before the first checkpoint: replay from the start
+    progress.update({k: ckpt.meta[k] for k in ("step", "forward_passes", "train_s", "eval_s")})
+    return load_snapshot(ckpt, runtime, config)
+
+
+class ReplayOracle:
+    """The runtime, except that losses come from the journal instead of forward passes."""
+
+    def __init__(self, runtime: Runtime, losses: list[float]):
+        self._runtime, self._losses = runtime, list(losses)
+        self.shapes = runtime.shapes
+        self.set_sketch, self.fold, self.add_noise = runtime.set_sketch, runtime.fold, runtime.add_noise
+
+    def losses(self, probes) -> np.ndarray:
+        if len(probes) > len(self._losses):
+            raise UserError("journal entry has fewer losses than the step asks for: "
+                                       "the run's config or edge-zo version changed since it was written")
+        taken, self._losses = self._losses[:len(probes)], self._losses[len(probes):]
+        return np.asarray(taken, dtype=np.float32)
+
+
+def replay(journal, runtime: Runtime, opt, state, root: Key, progress: dict):
+    for record in journal.read(after_step=progress["step"] - 1):
+        if record["step"] != progress["step"]:
+            break  # a gap: nothing after it can be trusted
+        state, info = opt.step(state, ReplayOracle(runtime, record["losses"]), root.child("step", record["step"]))
+        progress["step"] += 1
+        progress["forward_passes"] += info.forward_passes
+    journal.truncate_after(progress["step"] - 1)
+    return state
+
+
+def rss_mib() -> float:
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def _short(record: dict) -> dict:
+    return {k.removeprefix("eval_"): f"{v:.3f}" for k, v in record.items() if k in ("eval_acc", "eval_loss")}
+

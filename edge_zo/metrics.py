@@ -1,0 +1,93 @@
+"""Metrics of a run: JSONL records, a two-clock timer, progress on the terminal, plots.
+
+Every record is one JSON line in `RUN/metrics.jsonl` (kind "train" or "eval"), carrying the
+step, forward passes so far and the training clock. The training clock excludes evaluation
+(DESIGN.md section 7: budgets are compared in forward passes and in wall-clock time
+excluding evaluation), so the timer keeps the two apart.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+
+class Clock:
+    """Wall time split into training and evaluation; `train_s` is what budgets compare."""
+
+    def __init__(self, train_s: float = 0.0, eval_s: float = 0.0):
+        self.train_s, self.eval_s = train_s, eval_s
+        self._mark = time.perf_counter()
+
+    def tick(self) -> None:
+        """Charge the time since the last mark to training."""
+        now = time.perf_counter()
+        self.train_s += now - self._mark
+        self._mark = now
+
+    @contextmanager
+    def evaluating(self):
+        self.tick()
+        try:
+            yield
+        finally:
+            now = time.perf_counter()
+            self.eval_s += now - self._mark
+            self._mark = now
+
+
+class MetricsLog:
+    """Append-only JSONL; on resume, records past the resumed step are dropped first."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def write(self, record: dict) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, separators=(",", ":")) + "\n")
+
+    def read(self) -> list[dict]:
+        if not self.path.is_file():
+            return []
+        records = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a torn last line from a kill
+        return records
+
+    def truncate_after(self, step: int) -> None:
+        kept = [r for r in self.read() if r["step"] <= step]
+        self.path.write_text("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in kept))
+
+
+def plot(records: list[dict], out: str | Path) -> Path | None:
+    """Loss and accuracy against forward passes and against training time, as one PNG.
+    Returns None when matplotlib is not installed (it is optional on a device)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    train = [r for r in records if r["kind"] == "train"]
+    evals = [r for r in records if r["kind"] == "eval"]
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex="col")
+    for col, x in enumerate(("forward_passes", "train_s")):
+        axes[0, col].plot([r[x] for r in train], [r["loss"] for r in train], lw=0.8)
+        axes[0, col].set_ylabel("training loss")
+        for split in sorted({k for r in evals for k in r if k.endswith("_acc")}):
+            pts = [(r[x], r[split]) for r in evals if split in r]
+            axes[1, col].plot(*zip(*pts), marker="o", label=split.removesuffix("_acc"))
+        axes[1, col].set_ylabel("accuracy")
+        axes[1, col].set_xlabel({"forward_passes": "forward passes", "train_s": "training time (s)"}[x])
+        if evals:
+            axes[1, col].legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return Path(out)

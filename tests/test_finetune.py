@@ -1,0 +1,126 @@
+"""`edge-zo finetune` end to end on a tiny real bundle: learning, eval, kill -9 and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from edge_zo.checkpoint import load_latest
+from runtime.fixtures import build
+
+POS, NEG = "good great fine".split(), "bad terrible awful".split()
+FILL = "the a movie film was is plot actor it very".split()
+
+
+def reviews(n: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        positive = rng.random() < 0.5
+        words = [rng.choice(FILL) for _ in range(rng.randint(2, 6))] + [rng.choice(POS if positive else NEG)]
+        rng.shuffle(words)
+        rows.append({"text": " ".join(words), "label": "positive" if positive else "negative"})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    root = tmp_path_factory.mktemp("job")
+    build(root / "bundle", max_seq_len=16)
+    for name, n, seed in (("train", 200, 0), ("dev", 60, 1)):
+        (root / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in reviews(n, seed)))
+    return root
+
+
+def finetune(job, out, *extra, check=True) -> subprocess.CompletedProcess:
+    args = ["--resume", str(out)] if extra == ("--resume",) else [
+        "--bundle", str(job / "bundle"), "--data", str(job / "train.jsonl"),
+        "--eval-data", str(job / "dev.jsonl"), "--out", str(out), *extra]
+    result = subprocess.run([sys.executable, "-m", "edge_zo.cli", "finetune", *args],
+                            capture_output=True, text=True, timeout=300)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def final_state(run) -> dict[str, np.ndarray]:
+    return load_latest(run / "checkpoints").arrays
+
+
+def test_zo_mopi_learns_the_tiny_task(job, tmp_path):
+    result = finetune(job, tmp_path / "run", "--steps", "150", "eval_every=50")
+    evals = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+             if '"eval"' in line]
+    assert [e["step"] for e in evals] == [0, 50, 100, 150]
+    # A random tiny model starts near chance; 150 steps must lift dev accuracy clearly.
+    assert evals[-1]["eval_acc"] >= evals[0]["eval_acc"] + 0.15
+    assert json.loads(result.stdout)["eval_acc"] == evals[-1]["eval_acc"]
+    assert (tmp_path / "run" / "metrics.png").stat().st_size > 10_000
+    assert load_latest(tmp_path / "run" / "best") is not None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["zo-mopi", "mezo"])
+def test_sigkill_at_random_moments_then_resume_is_bit_exact(job, tmp_path, preset):
+    steps = ["--steps", "300", "--optimizer", preset, "eval_every=40", "checkpoint_every=35"]
+    finetune(job, tmp_path / "whole", *steps)
+    run = tmp_path / "killed"
+    rng = random.Random(preset)
+    start = [sys.executable, "-m", "edge_zo.cli", "finetune", "--bundle", str(job / "bundle"),
+             "--data", str(job / "train.jsonl"), "--eval-data", str(job / "dev.jsonl"), "--out", str(run), *steps]
+    resume = [sys.executable, "-m", "edge_zo.cli", "finetune", "--resume", str(run)]
+    kills = 0
+    while True:
+        # Killed before the run recorded its config, it is started again, as a user would.
+        cmd = resume if (run / "config.json").exists() else start
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(rng.uniform(0.6, 2.0))  # start-up is ~0.5 s; kill inside the loop
+        if proc.poll() is not None:
+            break
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        kills += 1
+    assert proc.returncode == 0, proc.stderr.read()
+    assert kills >= 2
+    whole, resumed = final_state(tmp_path / "whole"), final_state(run)
+    assert whole.keys() == resumed.keys()
+    for name in whole:
+        assert np.array_equal(whole[name], resumed[name]), name
+    steps_run = [json.loads(l)["step"] for l in (run / "journal.jsonl").read_text().splitlines()]
+    assert steps_run == list(range(300))  # every step exactly once in the journal
+
+
+def test_resume_of_a_finished_run_changes_nothing(job, tmp_path):
+    finetune(job, tmp_path / "run", "--steps", "20")
+    before = final_state(tmp_path / "run")
+    finetune(job, tmp_path / "run", "--resume")
+    after = final_state(tmp_path / "run")
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--steps", "0"], "steps=0 must be >= 1"),
+    (["optimizer.eta=fast"], "eta='fast': expected a number"),
+    (["optimizer.lr_typo=1"], "unknown key 'lr_typo'"),
+    (["colour=red"], "unknown key 'colour'"),
+    (["--optimizer", "adam"], "unknown optimizer preset 'adam'"),
+])
+def test_bad_config_is_refused_before_training(job, tmp_path, extra, message):
+    result = finetune(job, tmp_path / "run", *extra, check=False)
+    assert result.returncode == 2 and message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "journal.jsonl").exists()
+
+
+def test_an_existing_run_is_not_overwritten(job, tmp_path):
+    finetune(job, tmp_path / "run", "--steps", "5")
+    result = finetune(job, tmp_path / "run", "--steps", "5", check=False)
+    assert result.returncode == 2 and "--resume" in result.stderr
