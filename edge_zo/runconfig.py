@@ -64,18 +64,22 @@ class RunConfig:
     def optimizer_config(self, bundle_rank: int = 0):
         """The optimizer's config: the preset, with `optimizer.` overrides (checked there).
 
-        A low-rank bundle fixes r at export, so r follows the bundle (an explicit
-        `optimizer.r` must agree with it), and a preset's k above that r becomes r // 2.
+        Two values follow the run unless given explicitly: a decaying η schedule ends at
+        the run's last step, and, since a low-rank bundle fixes r at export, r is the
+        bundle's (an explicit `optimizer.r` must agree) with a preset's k above it
+        lowered to r // 2.
         """
         config = build_config(self.preset, self.optimizer)
-        if not bundle_rank or not hasattr(config, "r") or config.r == bundle_rank:
-            return config
-        if "r" in self.optimizer:
-            raise ConfigError(f"optimizer.r={config.r} but the bundle was exported with rank "
-                              f"{bundle_rank}: drop optimizer.r or re-export with --rank {config.r}")
-        values = {**self.optimizer, "r": bundle_rank}
-        if getattr(config, "k", 0) > bundle_rank and "k" not in self.optimizer:
-            values["k"] = max(1, bundle_rank // 2)
+        values = dict(self.optimizer)
+        if config.schedule != "constant" and "decay_steps" not in values:
+            values["decay_steps"] = max(self.steps, config.warmup + 1)
+        if bundle_rank and hasattr(config, "r") and config.r != bundle_rank:
+            if "r" in values:
+                raise ConfigError(f"optimizer.r={config.r} but the bundle was exported with rank "
+                                  f"{bundle_rank}: drop optimizer.r or re-export with --rank {config.r}")
+            values["r"] = bundle_rank
+            if getattr(config, "k", 0) > bundle_rank and "k" not in values:
+                values["k"] = max(1, bundle_rank // 2)
         return build_config(self.preset, values)
 
 
