@@ -1,0 +1,60 @@
+"""The closed registry of optimizers and presets, and `build_config(preset, overrides)`.
+
+    OPTIMIZERS["zo-mopi"].step(state, oracle, key)
+    config = build_config("paper-code", ["k=16", "eta=5e-3"])
+    opt = OPTIMIZERS[config.name]; state = opt.init(oracle.shapes, config, run_key)
+
+Presets are named dicts of field values over an optimizer's defaults; each optimizer
+module lists its own with their sources.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
+
+from edge_zo.optim import lozo, mezo, zo_mopi, zo_muon
+from edge_zo.optim.base import ConfigError
+from edge_zo.optim.configs import make_config, parse_overrides
+from edge_zo.optim.sketch import flush
+
+
+class Optimizer(NamedTuple):
+    """One registered method: its config class, state class and pure functions."""
+
+    name: str
+    config_cls: type
+    state_cls: type
+    init: Callable  # init(shapes, config, key) -> state
+    step: Callable  # step(state, oracle, key) -> (state, StepInfo)
+    flush: Callable = flush  # flush(state, oracle) -> state: fold pending updates into W
+
+
+OPTIMIZERS: dict[str, Optimizer] = {
+    "zo-mopi": Optimizer("zo-mopi", zo_mopi.ZoMopiConfig, zo_mopi.ZoMopiState, zo_mopi.init, zo_mopi.step),
+    "zo-muon": Optimizer("zo-muon", zo_muon.ZoMuonConfig, zo_muon.ZoMuonState, zo_muon.init, zo_muon.step),
+    "lozo": Optimizer("lozo", lozo.LozoConfig, lozo.LozoState, lozo.init, lozo.step),
+    "lozo-m": Optimizer("lozo-m", lozo.LozoMConfig, lozo.LozoState, lozo.init, lozo.step),
+    "mezo": Optimizer("mezo", mezo.MezoConfig, mezo.MezoState, mezo.init, mezo.step),
+}
+
+# preset name -> (optimizer name, field values)
+PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
+    **{p: ("zo-mopi", v) for p, v in zo_mopi.PRESETS.items()},
+    **{p: ("zo-muon", v) for p, v in zo_muon.PRESETS.items()},
+    **{p: ("lozo", v) for p, v in lozo.PRESETS.items()},
+    **{p: ("lozo-m", v) for p, v in lozo.PRESETS_M.items()},
+    **{p: ("mezo", v) for p, v in mezo.PRESETS.items()},
+}
+
+
+def build_config(preset: str, overrides: Mapping[str, Any] | Sequence[str] = ()):
+    """The config of a preset with `key=value` overrides; unknown keys and bad values raise."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown optimizer preset '{preset}'; known presets: {', '.join(PRESETS)}")
+    name, values = PRESETS[preset]
+    return make_config(OPTIMIZERS[name].config_cls, {**values, **parse_overrides(overrides)})
+
+
+def optimizer_for(config) -> Optimizer:
+    """The registry entry of a config (by its class's `name`)."""
+    return OPTIMIZERS[config.name]
