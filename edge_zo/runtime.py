@@ -1,0 +1,324 @@
+"""The device runtime: one onnxruntime session over a bundle, evaluated by IO binding.
+
+`Runtime` is the optimizer's oracle (edge_zo/optim calls it; it never imports the
+optimizer). It owns the bound buffers:
+  W  base weights, read once from the bundle and bound once (CPU: the numpy array itself,
+     wrapped zero-copy by OrtValue.ortvalue_from_numpy; CUDA: a device tensor, no host
+     copy). W changes only at `fold`, `add_noise` and (undone exactly) full-rank probes.
+  A  per sketch window (`set_sketch`), D per probe: the only bytes written per query.
+Probes are duck-typed: low-rank ones have `.sketch_id` and `.D` (name -> r x n,
+effective X = W + A D); full-rank ones have `.key`, `.scale`, `.names` (effective
+X = W + scale z(key, name)). Up to `probe_slots` low-rank probes share one `run()`.
+Matrices are m x n, out x in (manifest `shape`); buffers keep the graph's stored layout.
+The controller's numpy must run single-threaded BLAS (OPENBLAS_NUM_THREADS=1, set by the
+`edge-zo` entry point before numpy loads): idle OpenBLAS threads steal ORT's cores
+(measured: a 2-thread forward went from 60 to 107 ms). `startup` reports what was set.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from edge_zo import fold, loading, rng
+from edge_zo.bundle import BundleError, read_manifest
+from edge_zo.errors import UserError
+from edge_zo.providers import Buffer, SlotBuffer, open_session, place
+
+
+def _noise(key, name: str, shape: tuple[int, int]) -> np.ndarray:
+    """z for tensor `name` of a full-rank probe (edge_zo.rng: regenerated, never stored)."""
+    return rng.tensor_noise(key, name, shape)
+
+
+class Runtime:
+    """A bundle opened on an execution provider; see the module docstring."""
+
+    def __init__(self, bundle_dir: str | Path, provider: str = "cpu", profile=None,
+                 threads: int | None = None, probe_slots: int | None = None,
+                 startup_check=fold.startup_check, mem_limit_mib: int | None = None):
+        self.bundle_dir = Path(bundle_dir)
+        self.manifest = read_manifest(self.bundle_dir)
+        self.model_path = self.bundle_dir / self.manifest.model_file
+        self.matrices = {m.name: m for m in self.manifest.matrices}
+        self.threads = threads or (profile.threads if profile is not None else None)
+        self.bytes_written = [0]  # every write into a bound input adds its size here
+        self.run_seconds = 0.0  # time inside session.run, for host-overhead accounting
+        host_w, initializer_names = loading.read_weights(self.bundle_dir, self.manifest)
+        self.W: dict[str, Buffer] = {}
+
+        def make_initializers(placement):
+            self.W = {name: Buffer(arr, placement.device, placement.device_id, keep_host=False,
+                                   counter=self.bytes_written) for name, arr in host_w.items()}
+            return {self.matrices[n].inputs["W"]: b.value for n, b in self.W.items()
+                    if self.matrices[n].inputs["W"] in initializer_names}
+
+        placement = place(provider, profile, mem_limit_mib=mem_limit_mib)
+        try:
+            self.session, self.placement, session_s = open_session(
+                str(self.model_path), placement, self.threads, make_initializers,
+                lambda _session, pl: startup_check(pl))
+        except Exception as err:  # onnxruntime's own errors: name the file, no traceback
+            raise BundleError(f"{self.model_path}: onnxruntime cannot load it "
+                              f"({type(err).__name__}: {str(err).strip()[:300]})") from None
+        del host_w  # on CUDA the device tensors are the only copy now
+        self.fixed_slots = loading.check_graph(self.session, self.manifest, self.model_path)
+        self._allocate()
+        self.probe_slots = probe_slots or self.manifest.probe_slots
+        self.startup = {"provider": self.placement.provider, "requested": provider,
+                        "fallback": self.placement.fallback_reason, "session_s": session_s,
+                        "intra_op_threads": self.session.get_session_options().intra_op_num_threads,
+                        "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS"),
+                        "warmup_s": None}
+
+    # ---- setup ---------------------------------------------------------------------
+    def _allocate(self) -> None:
+        dev, dev_id, r = self.placement.device, self.placement.device_id, self.manifest.rank
+        self.binding = self.session.io_binding()
+        for name, buf in self.W.items():
+            self.binding.bind_ortvalue_input(self.matrices[name].inputs["W"], buf.value)
+        self.A: dict[str, Buffer] = {}
+        self.D: dict[str, SlotBuffer] = {}
+        if self.lowrank:
+            for name, (m, n) in self.shapes.items():
+                self.A[name] = Buffer(np.zeros((m, r), np.float32), dev, dev_id, counter=self.bytes_written)
+                self.binding.bind_ortvalue_input(self.matrices[name].inputs["A"], self.A[name].value)
+                self.D[name] = SlotBuffer((self.manifest.probe_slots, r, n), dev, dev_id, self.bytes_written)
+        self.folder = fold.Folder(self.placement, self.manifest.matrices[0].dtype, threads=self.threads)
+        self.sketch_id = None
+        self._bound_slots = None
+        self._batch = None
+
+    @property
+    def lowrank(self) -> bool:
+        return self.manifest.graph == "lowrank"
+
+    @property
+    def shapes(self) -> dict[str, tuple[int, int]]:
+        return {name: tuple(m.shape) for name, m in self.matrices.items()}
+
+    def set_probe_slots(self, slots: int) -> None:
+        """Probes per run(); the memory guard lowers it near the cap (same math)."""
+        if not 1 <= slots <= self.manifest.probe_slots:
+            raise UserError(f"probe slots {slots} must be between 1 and the bundle's {self.manifest.probe_slots}")
+        self.probe_slots = slots
+
+    # ---- batch ---------------------------------------------------------------------
+    def set_batch(self, input_ids, attention_mask, labels=None, loss_mask=None) -> None:
+        """Bind one batch; shapes and dtypes are checked against the bundle, by input name."""
+        ids = _int_matrix("input_ids", input_ids, None, self.manifest.max_seq_len)
+        feeds = {"input_ids": ids, "attention_mask": _int_matrix("attention_mask", attention_mask, ids.shape)}
+        if self.manifest.task == "classification":
+            feeds["labels"] = _labels(labels, ids.shape[0], len(self.manifest.label_words))
+        else:
+            feeds["loss_mask"] = _loss_mask(loss_mask, ids.shape)
+        dev, dev_id = self.placement.device, self.placement.device_id
+        # CPU: zero-copy wrappers (the arrays are kept alive in _batch); CUDA: one copy up.
+        values = {k: ort.OrtValue.ortvalue_from_numpy(v, dev, dev_id) for k, v in feeds.items()}
+        for name, value in values.items():
+            self.binding.bind_ortvalue_input(name, value)
+        self._batch = (feeds, values)
+
+    def warmup(self, batch_size: int) -> float:
+        """One forward at the largest shape (all slots, max_seq_len); returns seconds."""
+        T = self.manifest.max_seq_len
+        ids = np.full((batch_size, T), self.manifest.pad_token_id, np.int64)
+        self.set_batch(ids, np.ones_like(ids), labels=np.zeros(batch_size, np.int64),
+                       loss_mask=np.ones((batch_size, T), np.float32))
+        start = time.perf_counter()
+        self._run(self.probe_slots if self.lowrank else 1)
+        self.startup["warmup_s"] = time.perf_counter() - start
+        return self.startup["warmup_s"]
+
+    # ---- probes --------------------------------------------------------------------
+    def set_sketch(self, sketch_id: int, A: dict[str, np.ndarray]) -> None:
+        """Bind the sketch A (name -> m x r) for the low-rank probes that follow."""
+        _require_lowrank(self, "set_sketch")
+        _same_names("set_sketch", A, self.shapes)
+        for name, a in A.items():
+            self.A[name].write(_shaped(f"A[{name}]", a, self.A[name].shape))
+        self.sketch_id = sketch_id
+
+    def losses(self, probes) -> np.ndarray:
+        """One fp32 loss per probe, all on the current batch."""
+        if self._batch is None:
+            raise UserError("losses() before set_batch(): bind a batch first")
+        out = np.empty(len(probes), np.float32)
+        low = [i for i, p in enumerate(probes) if hasattr(p, "D")]
+        for start in range(0, len(low), self.probe_slots):
+            chunk = low[start:start + self.probe_slots]
+            self._write_slots([probes[i].D for i in chunk], [probes[i].sketch_id for i in chunk])
+            out[chunk] = self._run(len(chunk))[:len(chunk)]
+        for i, probe in enumerate(probes):
+            if not hasattr(probe, "D"):
+                out[i] = self._fullrank_loss(probe)
+        return out
+
+    def _write_slots(self, Ds: list, sketch_ids: list) -> None:
+        """D of probe j into slot j of every matrix (zeros for a matrix a probe leaves out)."""
+        _require_lowrank(self, "low-rank probes")
+        if any(s != self.sketch_id for s in sketch_ids):
+            raise ValueError(f"probes for sketch {sorted(set(sketch_ids))} but sketch {self.sketch_id} is bound")
+        for name, slots in self.D.items():
+            for j, D in enumerate(Ds):
+                if D is not None and name in D:
+                    np.copyto(slots.host[j], _shaped(f"D[{name}]", D[name], slots.host.shape[1:]))
+                else:
+                    slots.host[j].fill(0.0)
+            slots.push(self.fixed_slots or len(Ds))
+
+    def _run(self, p: int, outputs=("loss",)) -> np.ndarray | list:
+        if self.lowrank:
+            p = self.fixed_slots or p  # a graph with a fixed probe axis runs all slots
+            if p != self._bound_slots:
+                for name, slots in self.D.items():
+                    self.binding.bind_ortvalue_input(self.matrices[name].inputs["D"], slots.value(p))
+                self._bound_slots = p
+        self.binding.clear_binding_outputs()
+        for name in outputs:
+            self.binding.bind_output(name, "cpu")
+        start = time.perf_counter()
+        self.session.run_with_iobinding(self.binding)
+        self.run_seconds += time.perf_counter() - start
+        values = [v.numpy() for v in self.binding.get_outputs()]
+        return values[0] if len(outputs) == 1 else values
+
+    # ---- full-rank -----------------------------------------------------------------
+    def _stored_noise(self, key, name: str, scale: float) -> np.ndarray:
+        """scale * z(key, name) in W's stored layout and dtype (z is drawn m x n)."""
+        mat = self.matrices[name]
+        z = _noise(key, name, mat.shape)
+        z = z if mat.layout == "out_in" else z.T
+        return np.multiply(z, np.float32(scale), dtype=np.float32).astype(mat.dtype, copy=False)
+
+    def _names(self, names) -> list[str]:
+        names = list(self.matrices) if names is None else list(names)
+        unknown = sorted(set(names) - set(self.matrices))
+        if unknown:
+            raise ValueError(f"unknown trained matrices {unknown}")
+        return names
+
+    def _fullrank_loss(self, probe) -> np.float32:
+        """Perturb W in place, run, restore W bit for bit (fold.perturb: 1 byte/element)."""
+        if self.lowrank:
+            self._write_slots([None], [self.sketch_id])  # D = 0: full-rank methods keep C = 0
+        records = {}
+        try:
+            for name in self._names(probe.names):
+                w1, records[name] = fold.perturb(self.W[name].read(), self._stored_noise(probe.key, name, probe.scale))
+                self.W[name].write(w1)
+                del w1
+            return self._run(1)[0]
+        finally:
+            for name, record in records.items():
+                d = self._stored_noise(probe.key, name, probe.scale)
+                self.W[name].write(fold.restore(self.W[name].read(), d, record))
+
+    def add_noise(self, key, alpha: float, names=None) -> None:
+        """W <- W + alpha z(key, name): the MeZO update (g folded into alpha by the caller)."""
+        for name in self._names(names):
+            w = self.W[name].read()
+            self.W[name].write(w + self._stored_noise(key, name, alpha))
+
+    # ---- weights -------------------------------------------------------------------
+    def fold(self, C: dict[str, np.ndarray]) -> None:
+        """W <- W + A C on the execution provider, with the currently bound sketch A."""
+        _require_lowrank(self, "fold")
+        for name, c in C.items():
+            if name not in self.A:
+                raise ValueError(f"fold: unknown trained matrix {name!r}")
+            m, n = self.shapes[name]
+            self.folder.fold(self.W[name], self.A[name].host,
+                             _shaped(f"C[{name}]", c, (self.manifest.rank, n)), self.matrices[name].layout)
+
+    def scores(self, C: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        """Label scores of the current weights (W + A C with the bound A when C is given).
+
+        Classification: [B, num labels]; causal-lm: [B] summed NLL of the scored tokens.
+        """
+        if self._batch is None:
+            raise UserError("scores() before set_batch(): bind a batch first")
+        if self.lowrank:
+            self._write_slots([C], [self.sketch_id])
+        return self._run(1, outputs=("loss", "scores"))[1][0]
+
+    def export_weights(self, copy: bool = True) -> dict[str, np.ndarray]:
+        """Current W per matrix name, in the graph's stored layout (checkpoint, deploy).
+
+        copy=False on CPU returns read-only views of the bound buffers: no extra memory.
+        """
+        out = {}
+        for name, buf in self.W.items():
+            arr = buf.read()
+            if copy or not buf.zero_copy:
+                out[name] = np.array(arr, copy=True)
+            else:
+                out[name] = arr.view()
+                out[name].flags.writeable = False
+        return out
+
+    def load_weights(self, weights: dict[str, np.ndarray]) -> None:
+        """Replace W (a checkpoint's `export_weights`); shapes must match the bundle."""
+        for name, arr in weights.items():
+            if name not in self.W:
+                raise UserError(f"weights for {name!r}, which this bundle does not train")
+            self.W[name].write(_shaped(f"W[{name}]", arr, self.W[name].shape, self.W[name].dtype))
+
+
+# ---- input checks ------------------------------------------------------------------
+
+def _require_lowrank(rt: Runtime, what: str) -> None:
+    if not rt.lowrank:
+        raise UserError(f"{what} needs a low-rank bundle; {rt.bundle_dir} holds a {rt.manifest.graph} graph")
+
+
+def _same_names(what: str, given: dict, shapes: dict) -> None:
+    missing, extra = sorted(set(shapes) - set(given)), sorted(set(given) - set(shapes))
+    if missing or extra:
+        raise ValueError(f"{what}: missing matrices {missing}, unknown matrices {extra}")
+
+
+def _shaped(what: str, arr, shape, dtype=np.float32) -> np.ndarray:
+    arr = np.asarray(arr)
+    if arr.shape != tuple(shape):
+        raise ValueError(f"{what} has shape {list(arr.shape)}, expected {list(shape)}")
+    return arr.astype(dtype, copy=False)
+
+
+def _int_matrix(name: str, arr, shape=None, max_len: int | None = None) -> np.ndarray:
+    arr = np.asarray(arr)
+    if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.integer):
+        raise UserError(f"batch input {name!r}: expected a 2-D integer array [batch, sequence], "
+                        f"got {arr.dtype} {list(arr.shape)}")
+    if shape is not None and arr.shape != shape:
+        raise UserError(f"batch input {name!r} has shape {list(arr.shape)}, input_ids has {list(shape)}")
+    if max_len is not None and not 1 <= arr.shape[1] <= max_len:
+        raise UserError(f"batch input {name!r}: sequence length {arr.shape[1]} is outside 1..{max_len}, "
+                        "the bundle's max_seq_len")
+    if arr.shape[0] < 1:
+        raise UserError(f"batch input {name!r} is empty")
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def _labels(labels, batch: int, classes: int) -> np.ndarray:
+    if labels is None:
+        raise UserError("batch input 'labels' is required for a classification bundle")
+    arr = np.asarray(labels)
+    if arr.shape != (batch,) or not np.issubdtype(arr.dtype, np.integer):
+        raise UserError(f"batch input 'labels': expected {batch} integers, got {arr.dtype} {list(arr.shape)}")
+    if arr.size and (arr.min() < 0 or arr.max() >= classes):
+        raise UserError(f"batch input 'labels': values must be label indices 0..{classes - 1}")
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def _loss_mask(mask, shape) -> np.ndarray:
+    if mask is None:
+        raise UserError("batch input 'loss_mask' is required for a causal-lm bundle")
+    arr = np.asarray(mask)
+    if arr.shape != shape:
+        raise UserError(f"batch input 'loss_mask' has shape {list(arr.shape)}, input_ids has {list(shape)}")
+    return np.ascontiguousarray(arr, dtype=np.float32)

@@ -1,0 +1,98 @@
+"""Full-rank probes (MeZO): in-place perturbation restored bit for bit, and add_noise."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edge_zo import fold
+from edge_zo.rng import Key, tensor_noise
+from edge_zo.runtime import Runtime
+
+from . import fixtures
+from .conftest import FullRankProbe
+
+
+def _adversarial(dtype) -> np.ndarray:
+    """Zeros of both signs, subnormals, values at and around binade edges, extremes."""
+    info = np.finfo(dtype)
+    edges = np.array([1.0, 2.0, 0.5, 2.0 ** -10, 1024.0], dtype)
+    near = np.concatenate([np.nextafter(edges, np.inf), np.nextafter(edges, -np.inf), edges])
+    special = np.array([0.0, -0.0, info.smallest_subnormal, -info.smallest_subnormal,
+                        info.tiny, info.max, -info.max], dtype)
+    rng = np.random.default_rng(0)
+    gauss = (0.02 * rng.standard_normal(20000)).astype(dtype)
+    values = np.concatenate([near, -near, special, gauss])
+    return values
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 1e-30])
+def test_perturb_then_restore_is_bit_exact_on_adversarial_values(dtype, scale):
+    w = _adversarial(dtype)
+    rng = np.random.default_rng(1)
+    d = (scale * rng.standard_normal(w.size)).astype(dtype)
+    d[:50] = np.where(np.arange(50) % 2, w[:50], -w[:50])  # cancellation to exact zero, and doubling
+    with np.errstate(over="ignore", invalid="ignore"):
+        w1, record = fold.perturb(w.copy(), d)
+        back = fold.restore(w1, d, record)
+    assert np.array_equal(back.view(np.uint8), w.view(np.uint8))  # bits, so -0.0 != 0.0
+
+
+def test_naive_restore_is_not_exact_but_the_record_is_small():
+    rng = np.random.default_rng(2)
+    w = (0.02 * rng.standard_normal(1_000_000)).astype(np.float32)
+    d = (1e-3 * rng.standard_normal(w.size)).astype(np.float32)
+    w1, record = fold.perturb(w, d)
+    assert not np.array_equal(w1 - d, w)  # the problem the record solves
+    assert np.array_equal(fold.restore(w1, d, record), w)
+    verbatim = record[1].size / w.size
+    assert verbatim < 1e-3, verbatim
+    assert fold.record_nbytes(record) < 0.26 * w.nbytes  # int8 per element + the verbatim few
+
+
+def _fullrank(tmp_path):
+    return fixtures.build(tmp_path, graph="fullrank")
+
+
+def test_fullrank_probes_see_the_perturbation_and_restore_w_exactly(tmp_path):
+    tiny = _fullrank(tmp_path)
+    rt = Runtime(tiny.path)
+    batch = tiny.batch()
+    rt.set_batch(**batch)
+    w0 = rt.export_weights()
+    probes = [FullRankProbe(Key.root(0).child("probe", i), scale, names)
+              for i, (scale, names) in enumerate([(1e-3, None), (-1e-3, None), (0.5, ("layers.0.fc1.weight",))])]
+    losses = rt.losses(probes)
+    for probe, loss in zip(probes, losses):
+        names = probe.names or tuple(rt.shapes)
+        X = {n: tiny.effective(n, w0[n]).astype(np.float64) for n in rt.shapes}
+        for n in names:
+            X[n] = X[n] + probe.scale * tensor_noise(probe.key, n, rt.shapes[n]).astype(np.float64)
+        assert loss == pytest.approx(tiny.reference(batch, X)[0], rel=1e-5)
+    for n, w in rt.export_weights().items():
+        assert np.array_equal(w.view(np.uint32), w0[n].view(np.uint32)), n
+    assert losses[0] != losses[1]
+
+
+def test_add_noise_is_the_mezo_update(tmp_path):
+    tiny = _fullrank(tmp_path)
+    rt = Runtime(tiny.path)
+    w0 = rt.export_weights()
+    key = Key.root(3).child("step", 1)
+    rt.add_noise(key, -0.01, names=["layers.0.fc2.weight"])
+    w1 = rt.export_weights()
+    assert np.array_equal(w1["layers.0.fc1.weight"], w0["layers.0.fc1.weight"])
+    z = tensor_noise(key, "layers.0.fc2.weight", rt.shapes["layers.0.fc2.weight"])
+    expected = w0["layers.0.fc2.weight"] + np.float32(-0.01) * z.T  # stored in,out
+    np.testing.assert_array_equal(w1["layers.0.fc2.weight"], expected)
+
+
+def test_fullrank_probes_on_a_lowrank_graph_use_d_zero(tiny_cls):
+    rt = Runtime(tiny_cls.path)
+    batch = tiny_cls.batch()
+    rt.set_batch(**batch)
+    probe = FullRankProbe(Key.root(1), 1e-2)
+    X = {n: tiny_cls.effective(n, tiny_cls.weights[n]).astype(np.float64)
+         + 1e-2 * tensor_noise(probe.key, n, rt.shapes[n]) for n in rt.shapes}
+    assert rt.losses([probe])[0] == pytest.approx(tiny_cls.reference(batch, X)[0], rel=1e-5)
