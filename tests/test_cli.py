@@ -51,7 +51,7 @@ def test_subcommand_help_exits_zero(name):
 
 
 @pytest.mark.parametrize("args, expected", [
-    (["--no-such-option"], "unrecognized arguments"),
+    (["profiles", "--no-such-option"], "unrecognized arguments"),
     (["plan", "--batch", "many"], "invalid int value"),
     (["nosuchcommand"], "invalid choice"),
     (["deploy", "run", "--dtype", "int3"], "invalid choice"),
@@ -64,11 +64,22 @@ def test_usage_errors_exit_2_with_a_pointer_to_help(args, expected):
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("name", ["plan", "finetune", "eval"])
+@pytest.mark.parametrize("name", ["deploy"])
 def test_commands_without_an_engine_say_so(name):
-    result = edge_zo(name)
+    result = edge_zo(name, "run")
     assert result.returncode == NOT_YET_EXIT_CODE
     assert "not in this build yet" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["finetune", "--bundle", "b", "--data", "d.jsonl"], "no run folder: pass --out RUN"),
+    (["finetune", "--resume", "nowhere"], "nowhere/config.json: missing"),
+    (["eval", "--data", "d.jsonl"], "no bundle: pass --bundle DIR or --run RUN"),
+])
+def test_missing_inputs_name_the_fix(args, message):
+    result = edge_zo(*args)
+    assert result.returncode == 2 and message in result.stderr
     assert "Traceback" not in result.stderr
 
 
