@@ -188,12 +188,18 @@ class Runtime:
         return values[0] if len(outputs) == 1 else values
 
     # ---- full-rank -----------------------------------------------------------------
-    def _stored_noise(self, key, name: str, scale: float) -> np.ndarray:
-        """scale * z(key, name) in W's stored layout and dtype (z is drawn m x n)."""
+    def _stored_noise(self, key, name: str, scale: float, offset=None) -> np.ndarray:
+        """scale (z(key, name) + offset) in W's stored layout and dtype (z is drawn m x n;
+        `offset`, LOREN's anisotropic shift, is an n-vector added to every row)."""
+        z = _noise(key, name, self.matrices[name].shape)
+        if offset is not None:
+            z += _shaped(f"offset[{name}]", offset, z.shape[1:])
+        return self._stored(name, np.multiply(z, np.float32(scale), dtype=np.float32))
+
+    def _stored(self, name: str, d: np.ndarray) -> np.ndarray:
+        """An m x n (out x in) array in W's stored layout and dtype."""
         mat = self.matrices[name]
-        z = _noise(key, name, mat.shape)
-        z = z if mat.layout == "out_in" else z.T
-        return np.multiply(z, np.float32(scale), dtype=np.float32).astype(mat.dtype, copy=False)
+        return (d if mat.layout == "out_in" else d.T).astype(mat.dtype, copy=False)
 
     def _names(self, names) -> list[str]:
         names = list(self.matrices) if names is None else list(names)
@@ -206,16 +212,20 @@ class Runtime:
         """Perturb W in place, run, restore W bit for bit (fold.perturb: 1 byte/element)."""
         if self.lowrank:
             self._write_slots([None], [self.sketch_id])  # D = 0: full-rank methods keep C = 0
-        records = {}
+        records, names = {}, self._names(probe.names)
+        offsets = getattr(probe, "offset", None) or {}
+        if set(offsets) - set(names):
+            raise ValueError(f"offsets for {sorted(set(offsets) - set(names))}, which the probe does not perturb")
         try:
-            for name in self._names(probe.names):
-                w1, records[name] = fold.perturb(self.W[name].read(), self._stored_noise(probe.key, name, probe.scale))
+            for name in names:
+                d = self._stored_noise(probe.key, name, probe.scale, offsets.get(name))
+                w1, records[name] = fold.perturb(self.W[name].read(), d)
                 self.W[name].write(w1)
-                del w1
+                del w1, d
             return self._run(1)[0]
         finally:
             for name, record in records.items():
-                d = self._stored_noise(probe.key, name, probe.scale)
+                d = self._stored_noise(probe.key, name, probe.scale, offsets.get(name))
                 self.W[name].write(fold.restore(self.W[name].read(), d, record))
 
     def add_noise(self, key, alpha: float, names=None) -> None:
@@ -223,6 +233,15 @@ class Runtime:
         for name in self._names(names):
             w = self.W[name].read()
             self.W[name].write(w + self._stored_noise(key, name, alpha))
+
+    def add(self, delta: dict[str, np.ndarray]) -> None:
+        """W <- W + delta (m x n, or an n-vector added to every row): LOREN's update."""
+        for name in self._names(delta):
+            m, n = self.shapes[name]
+            d = np.asarray(delta[name], dtype=np.float32)
+            d = np.broadcast_to(_shaped(f"delta[{name}]", d, (n,)) if d.ndim == 1 else
+                                _shaped(f"delta[{name}]", d, (m, n)), (m, n))
+            self.W[name].write(self.W[name].read() + self._stored(name, d))
 
     # ---- weights -------------------------------------------------------------------
     def fold(self, C: dict[str, np.ndarray]) -> None:

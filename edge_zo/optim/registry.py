@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
-from edge_zo.optim import lozo, mezo, zo_mopi, zo_muon
+from edge_zo.optim import loren, lozo, mezo, zo_mopi, zo_muon
 from edge_zo.optim.base import ConfigError
 from edge_zo.optim.configs import make_config, parse_overrides
 from edge_zo.optim.sketch import flush
@@ -27,6 +27,9 @@ class Optimizer(NamedTuple):
     init: Callable  # init(shapes, config, key) -> state
     step: Callable  # step(state, oracle, key) -> (state, StepInfo)
     flush: Callable = flush  # flush(state, oracle) -> state: fold pending updates into W
+    # memory_bytes(shapes, config) -> int: state bytes kept between steps (None: not written
+    # yet; base.state_bytes measures a built state)
+    memory_bytes: Callable | None = None
 
 
 OPTIMIZERS: dict[str, Optimizer] = {
@@ -35,6 +38,8 @@ OPTIMIZERS: dict[str, Optimizer] = {
     "lozo": Optimizer("lozo", lozo.LozoConfig, lozo.LozoState, lozo.init, lozo.step),
     "lozo-m": Optimizer("lozo-m", lozo.LozoMConfig, lozo.LozoState, lozo.init, lozo.step),
     "mezo": Optimizer("mezo", mezo.MezoConfig, mezo.MezoState, mezo.init, mezo.step),
+    "loren": Optimizer("loren", loren.LorenConfig, loren.LorenState, loren.init, loren.step,
+                       memory_bytes=loren.memory_bytes),
 }
 
 # preset name -> (optimizer name, field values)
@@ -44,6 +49,7 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     **{p: ("lozo", v) for p, v in lozo.PRESETS.items()},
     **{p: ("lozo-m", v) for p, v in lozo.PRESETS_M.items()},
     **{p: ("mezo", v) for p, v in mezo.PRESETS.items()},
+    **{p: ("loren", v) for p, v in loren.PRESETS.items()},
 }
 
 

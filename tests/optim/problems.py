@@ -2,7 +2,8 @@
 
 `NumpyOracle` is the reference Oracle: the runtime must behave like it. Probes are
 evaluated in temporaries (weights never move during a probe), a fold is W ← W + A·C,
-add_noise is θ ← θ + α·z(key). Losses are computed in float64 from float32 weights and
+add_noise is θ ← θ + α·z(key), add is θ ← θ + δ; a NoiseProbe's offset is added to
+every row of z before scaling. Losses are computed in float64 from float32 weights and
 returned as float32, as the runtime returns them. Each `losses()` call is one minibatch.
 """
 
@@ -22,7 +23,7 @@ class NumpyOracle:
         self.loss_fn, self.grad_fn = loss_fn, grad_fn
         self.n_data, self.batch, self.seed = n_data, batch, seed
         self.sketch_id, self.A = None, {}
-        self.forward_passes = self.calls = self.folds = 0
+        self.forward_passes = self.calls = self.folds = self.adds = 0
 
     @property
     def shapes(self):
@@ -44,9 +45,16 @@ class NumpyOracle:
                 # X = W + A D
                 theta[n] = self.params[n] + self.A[n] @ D
         if noise is not None:
-            for n in noise.names if noise.names is not None else self.params:
-                # θ + scale·z
-                theta[n] = theta[n] + np.float32(noise.scale) * tensor_noise(noise.key, n, self.params[n].shape)
+            names = noise.names if noise.names is not None else tuple(self.params)
+            offset = noise.offset or {}
+            assert set(offset) <= set(names), f"offset for {sorted(set(offset) - set(names))}, not probed"
+            for n in names:
+                z = tensor_noise(noise.key, n, self.params[n].shape)
+                if n in offset:
+                    # z + offset, the (n,) offset broadcast over rows
+                    z = z + _broadcastable(offset[n], z.shape)
+                # θ + scale·(z + offset)
+                theta[n] = theta[n] + np.float32(noise.scale) * z
         return theta
 
     def losses(self, probes) -> np.ndarray:
@@ -69,12 +77,26 @@ class NumpyOracle:
         for n in names if names is not None else self.params:
             self.params[n] = self.params[n] + np.float32(alpha) * tensor_noise(key, n, self.params[n].shape)
 
+    def add(self, delta):
+        self.adds += 1
+        for n, d in delta.items():
+            # θ ← θ + δ
+            self.params[n] = self.params[n] + _broadcastable(d, self.params[n].shape)
+
     def loss(self, params=None) -> float:
         """Full-data loss at the current (or given) weights; not counted as a forward."""
         return float(self.loss_fn(params or self.params, np.arange(self.n_data)))
 
     def grad(self, params=None) -> dict:
         return self.grad_fn(params or self.params)
+
+
+def _broadcastable(a, shape) -> np.ndarray:
+    """float32 `a`, checked to broadcast onto `shape` without changing it (the runtime's rule)."""
+    a = np.asarray(a)
+    assert a.dtype == np.float32, f"dense offsets/updates are float32, got {a.dtype}"
+    assert a.shape in (tuple(shape), tuple(shape[-1:])), f"shape {a.shape} does not broadcast onto {shape}"
+    return a
 
 
 def least_squares(m=12, n=10, n_data=64, seed=0, scale=(1.0, 1.0), batch=None) -> NumpyOracle:
@@ -124,6 +146,43 @@ def quadratic(m=8, n=6, seed=0, H_scale=1.0) -> NumpyOracle:
 
     def grad(p):
         return {"X": H_scale * (p["X"].astype(np.float64) - X_star)}
+
+    return NumpyOracle({"X": np.zeros((m, n))}, loss, 1, None, seed, grad)
+
+
+def ill_conditioned_quadratic(m=8, n=16, cond=100.0, kind="spectrum", seed=0) -> NumpyOracle:
+    """F(X) = ½ vec(D)ᵀ H vec(D), D = X − X*, X* ~ N(0, 1), from X = 0; cond(H) = `cond`.
+
+    spectrum: H = I_m ⊗ diag(d), d_j log-spaced from 1 down to 1/cond: the curvature of a
+              linear layer whose input features have variances d_j. No single direction
+              dominates, so LOREN's one learned direction per block cannot capture it.
+    tiled:    H = I + (cond − 1) v̂v̂ᵀ, v̂ = 1_m ⊗ v/√m, v a random unit vector: one stiff
+              direction shared by every row, the form 1_m ⊗ a LOREN's preconditioner learns.
+    """
+    g = np.random.default_rng(seed)
+    X_star = g.standard_normal((m, n))
+    if kind == "spectrum":
+        d = np.logspace(0.0, -np.log10(cond), n)
+
+        def hess_vec(D):
+            # H vec(D) = D diag(d)
+            return D * d
+    elif kind == "tiled":
+        v = g.standard_normal(n)
+        V = np.tile(v / np.linalg.norm(v), (m, 1)) / np.sqrt(m)
+
+        def hess_vec(D):
+            # H vec(D) = D + (cond − 1)⟨v̂, D⟩ v̂
+            return D + (cond - 1.0) * np.sum(V * D) * V
+    else:
+        raise ValueError(f"kind={kind!r} is not spectrum or tiled")
+
+    def loss(p, rows):
+        D = p["X"].astype(np.float64) - X_star
+        return 0.5 * np.sum(D * hess_vec(D))
+
+    def grad(p):
+        return {"X": hess_vec(p["X"].astype(np.float64) - X_star)}
 
     return NumpyOracle({"X": np.zeros((m, n))}, loss, 1, None, seed, grad)
 

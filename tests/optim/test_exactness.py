@@ -113,7 +113,7 @@ def test_probes_and_redraws_leave_weights_bit_exact(case):
     start = copy.deepcopy(oracle.params)
     overrides = dict(eta=0.0) if case == "mezo" else dict(eta=0.0, one_d_lr=0.0)
     state, infos = run(case, oracle, steps=7, nu=3, **overrides)
-    assert any(i.redraw for i in infos) or case == "mezo"
+    assert any(i.redraw for i in infos) or case in ("mezo", "loren")  # no sketch to redraw
     OPTIMIZERS[state.config.name].flush(state, oracle)
     for n in start:
         assert oracle.params[n].tobytes() == start[n].tobytes(), n

@@ -21,6 +21,7 @@ class FullRankProbe:
     key: object
     scale: float
     names: tuple | None = None
+    offset: dict | None = None
 
 
 @pytest.fixture(scope="module")

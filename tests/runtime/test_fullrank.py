@@ -96,3 +96,37 @@ def test_fullrank_probes_on_a_lowrank_graph_use_d_zero(tiny_cls):
     X = {n: tiny_cls.effective(n, tiny_cls.weights[n]).astype(np.float64)
          + 1e-2 * tensor_noise(probe.key, n, rt.shapes[n]) for n in rt.shapes}
     assert rt.losses([probe])[0] == pytest.approx(tiny_cls.reference(batch, X)[0], rel=1e-5)
+
+
+def test_loren_offsets_shift_every_row_and_restore_exactly(tmp_path):
+    # LOREN's anisotropic probe: θ + scale (z + offset), offset an n-vector per tensor.
+    tiny = _fullrank(tmp_path)
+    rt = Runtime(tiny.path)
+    batch = tiny.batch()
+    rt.set_batch(**batch)
+    w0 = rt.export_weights()
+    name = "layers.0.fc2.weight"  # stored in,out: the offset must follow the layout
+    offset = {name: np.linspace(-1, 1, rt.shapes[name][1]).astype(np.float32)}
+    probe = FullRankProbe(Key.root(5), 1e-2, (name,), offset)
+    X = {n: tiny.effective(n, w0[n]).astype(np.float64) for n in rt.shapes}
+    X[name] = X[name] + 1e-2 * (tensor_noise(probe.key, name, rt.shapes[name]) + offset[name])
+    assert rt.losses([probe])[0] == pytest.approx(tiny.reference(batch, X)[0], rel=1e-5)
+    for n, w in rt.export_weights().items():
+        assert np.array_equal(w.view(np.uint32), w0[n].view(np.uint32)), n
+    with pytest.raises(ValueError, match="offsets for"):
+        rt.losses([FullRankProbe(Key.root(5), 1e-2, ("layers.0.fc1.weight",), offset)])
+
+
+def test_add_applies_full_and_row_deltas_in_the_stored_layout(tmp_path):
+    tiny = _fullrank(tmp_path)
+    rt = Runtime(tiny.path)
+    w0 = rt.export_weights()
+    fc1, fc2 = "layers.0.fc1.weight", "layers.0.fc2.weight"
+    full = np.arange(np.prod(rt.shapes[fc1]), dtype=np.float32).reshape(rt.shapes[fc1])
+    row = np.arange(rt.shapes[fc2][1], dtype=np.float32)
+    rt.add({fc1: full, fc2: row})
+    w1 = rt.export_weights()
+    np.testing.assert_array_equal(w1[fc1], w0[fc1] + full)  # out,in: stored as is
+    np.testing.assert_array_equal(w1[fc2], w0[fc2] + row[:, None])  # in,out: transposed
+    with pytest.raises(ValueError, match=r"delta\[layers.0.fc1.weight\] has shape"):
+        rt.add({fc1: row})
