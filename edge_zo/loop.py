@@ -21,6 +21,7 @@ from tqdm import tqdm
 from edge_zo import checkpoint, runconfig
 from edge_zo.bundle import TOKENIZER_NAME, read_manifest
 from edge_zo.errors import UserError
+from edge_zo.memory.guard import Budget, MemoryBudgetExceeded, MemoryGuard
 from edge_zo.data import TEMPLATES, Batch, DataError, Template, load_classification, load_text, make_batch
 from edge_zo.metrics import Clock, MetricsLog, plot
 from edge_zo.optim import optimizer_for
@@ -29,8 +30,12 @@ from edge_zo.runconfig import RunConfig
 from edge_zo.runtime import Runtime
 
 
-def finetune(config: RunConfig, run_dir: Path, resume: bool = False) -> dict:
-    """Run (or resume) a fine-tuning job; returns the last evaluation record."""
+def finetune(config: RunConfig, run_dir: Path, resume: bool = False, budget: Budget | None = None) -> dict:
+    """Run (or resume) a fine-tuning job; returns the last evaluation record.
+
+    `budget` (not part of the run's config: it does not change the math) arms the memory
+    guard: near it fewer probe slots per call, at it a checkpoint and MemoryBudgetExceeded.
+    """
     # ---- the pieces: bundle, data, runtime, optimizer ---------------------------------
     run_dir.mkdir(parents=True, exist_ok=True)
     manifest = read_manifest(config.bundle)
@@ -39,8 +44,10 @@ def finetune(config: RunConfig, run_dir: Path, resume: bool = False) -> dict:
     train = load_examples(config, config.data, manifest, template)
     evals = load_examples(config, config.eval_data, manifest, template) if config.eval_data else []
     evals = evals[:config.eval_examples] if config.eval_examples else evals
-    runtime = Runtime(config.bundle, provider=config.provider, threads=config.threads or None)
+    runtime = Runtime(config.bundle, provider=config.provider, threads=config.threads or None,
+                      **(budget.runtime_options() if budget else {}))
     runtime.set_probe_slots(config.probe_slots)
+    guard = MemoryGuard(budget, runtime, run_dir)
     opt_config = config.optimizer_config(manifest.rank)
     opt = optimizer_for(opt_config)
     root = Key.root(config.seed)
@@ -75,6 +82,15 @@ def finetune(config: RunConfig, run_dir: Path, resume: bool = False) -> dict:
     bar = tqdm(range(progress["step"], config.steps), initial=progress["step"], total=config.steps,
                desc="finetune", unit="step", dynamic_ncols=True, mininterval=1.0)
     for t in bar:
+        # ---- memory: fewer probe slots near the budget; at it, checkpoint and stop ----
+        try:
+            guard.check(t)
+        except MemoryBudgetExceeded:
+            clock.tick()
+            snapshot(run_dir / "checkpoints", t, runtime, state, progress, clock)
+            bar.close()
+            journal.close()
+            raise
         # ---- one step: batch, probes, update; the journal line makes it count -------
         batch = batches.at(t)
         runtime.set_batch(batch.input_ids, batch.attention_mask, batch.labels, batch.loss_mask)
@@ -226,5 +242,6 @@ def rss_mib() -> float:
 
 
 def _short(record: dict) -> dict:
-    return {k.removeprefix("eval_"): f"{v:.3f}" for k, v in record.items() if k in ("eval_acc", "eval_loss")}
+    # "dev_": a bare "loss" would collide with the training loss in the progress bar
+    return {k.replace("eval_", "dev_"): f"{v:.3f}" for k, v in record.items() if k in ("eval_acc", "eval_loss")}
 

@@ -40,7 +40,7 @@ class RunConfig:
     text_field: str = opt("text", "causal-lm: the field whose tokens are scored")
     prompt_field: str = opt("", "causal-lm: a field prepended unscored (empty: score the whole text)")
     skip_bad: bool = opt(False, "skip and count bad data rows instead of stopping at the first one")
-    preset: str = opt("zo-mopi", "optimizer preset: zo-mopi, paper-code, zo-muon, lozo, lozo-m, mezo, ...")
+    preset: str = opt("zo-mopi", "optimizer preset: zo-mopi, paper-code, zo-muon, lozo, lozo-m, mezo, loren, ...")
     optimizer: dict = field(default_factory=dict, metadata={"help": "optimizer.KEY=VALUE overrides"})
     steps: int = opt(500, "optimizer steps")
     batch_size: int = opt(16, "examples per step (one minibatch shared by all probes of a step)")

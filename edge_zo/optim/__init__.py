@@ -1,4 +1,4 @@
-"""Zeroth-order optimizers in numpy: ZO-MOPI, ZO-Muon, LOZO (and LOZO-M), MeZO.
+"""Zeroth-order optimizers in numpy: ZO-MOPI, ZO-Muon, LOZO (and LOZO-M), MeZO, LOREN.
 
 Each is `init(shapes, config, key) -> state` and `step(state, oracle, key) -> (state,
 info)` over an `Oracle` (the runtime) that evaluates probes; see base.py. The math is
