@@ -25,6 +25,13 @@ Graph contract (format version 1), low-rank graph (`graph == "lowrank"`):
                    float32 [P, B]        causal-lm: per-row sum of scored-token NLL
 The full-rank graph (`graph == "fullrank"`, MeZO/LOREN) has the same inputs without A
 and D, and P = 1.
+Base weight values: `TrainedMatrix.weight_data` = {location, offset, length} locates W's
+bytes (stored layout, its dtype) inside the bundle (export/ appends them to
+model.onnx.data, where no initializer references them, so onnxruntime never loads a copy).
+`inference_file` (optional, "" in bundles written before it existed) names the plain
+inference graph `edge-zo deploy` merges trained weights into (docs/export.md).
+`padding_side` says how the exporter expects batches padded (scores are read at the last
+position whose attention_mask is 1).
 """
 
 from __future__ import annotations
@@ -42,6 +49,8 @@ TASKS = ("classification", "causal-lm")
 GRAPHS = ("lowrank", "fullrank")
 LAYOUTS = ("out_in", "in_out")
 DTYPES = ("float32", "float16")
+PADDING_SIDES = ("right", "left")
+WEIGHT_DATA_KEYS = {"location", "offset", "length"}
 
 
 class BundleError(UserError):
@@ -57,6 +66,7 @@ class TrainedMatrix:
     layout: str = "out_in"  # how W is stored: "in_out" for GPT-2's Conv1D
     dtype: str = "float32"  # dtype of W in the graph; A and D are always float32
     inputs: dict[str, str] = field(default_factory=dict)  # role ("W", "A", "D") -> graph input
+    weight_data: dict = field(default_factory=dict)  # {location, offset, length} of W's bytes
 
     @property
     def stored_shape(self) -> tuple[int, int]:
@@ -79,6 +89,9 @@ class Manifest:
     label_words: list[str] = field(default_factory=list)
     label_token_ids: list[int] = field(default_factory=list)
     pad_token_id: int = 0
+    padding_side: str = "right"
+    # The plain inference graph `edge-zo deploy` bakes weights into; "" in older bundles.
+    inference_file: str = ""
     format_version: int = FORMAT_VERSION
 
     def to_json(self) -> str:
@@ -141,6 +154,11 @@ class Manifest:
                 raise bad(f"matrix {mat.name}: dtype {mat.dtype!r} is not one of {DTYPES}")
             if set(mat.inputs) != roles:
                 raise bad(f"matrix {mat.name}: inputs {sorted(mat.inputs)} must be {sorted(roles)}")
+            if mat.weight_data and set(mat.weight_data) != WEIGHT_DATA_KEYS:
+                raise bad(f"matrix {mat.name}: weight_data keys {sorted(mat.weight_data)} "
+                          f"must be {sorted(WEIGHT_DATA_KEYS)}")
+        if self.padding_side not in PADDING_SIDES:
+            raise bad(f"padding_side {self.padding_side!r} is not one of {PADDING_SIDES}")
         if self.task == "classification":
             if len(self.label_words) < 2:
                 raise bad("a classification bundle needs at least two label_words")
@@ -172,7 +190,7 @@ def read_manifest(bundle_dir: str | Path) -> Manifest:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise BundleError(f"{path}: not valid JSON ({err})") from None
     manifest = Manifest.from_dict(raw, where=str(path))
-    for name in (manifest.model_file, TOKENIZER_NAME):
+    for name in filter(None, (manifest.model_file, TOKENIZER_NAME, manifest.inference_file)):
         if not (bundle_dir / name).is_file():
             raise BundleError(f"{bundle_dir / name}: missing from the bundle")
     return manifest

@@ -1,0 +1,65 @@
+"""`edge-zo export`: a Hugging Face model -> an ONNX training bundle (docs/export.md).
+
+Imports nothing heavy at module level: `edge-zo --help` must work where torch is absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from edge_zo.errors import UserError
+
+HELP = "export a Hugging Face model (local folder, minilm, smollm2-135m) to an ONNX training bundle"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("model", metavar="MODEL",
+        help="a local Hugging Face model folder, or a built-in name: minilm, smollm2-135m")
+    add("--task", required=True, choices=["classification", "causal-lm"],
+        help="classification: loss = cross-entropy over label words; causal-lm: mean NLL of "
+             "the tokens marked by loss_mask")
+    add("--out", required=True, type=Path, help="the bundle folder to write")
+    add("--targets", nargs="+", default=[], metavar="PATTERN",
+        help="glob patterns over parameter or layer names of the trained matrices "
+             "(default: every attention and MLP matrix of the transformer blocks)")
+    add("--rank", type=int, default=8, help="r: columns of A and rows of D per trained matrix")
+    add("--probe-slots", type=int, default=4,
+        help="P recorded as the most probe slots per forward call (P = 1 always works)")
+    add("--dtype", choices=["fp32", "fp16"], default="fp32",
+        help="dtype of the weights in the graph; A, D and the loss stay fp32")
+    add("--max-seq-len", type=int, default=None,
+        help="longest sequence the bundle accepts (default: 512, or the model's limit if lower)")
+    add("--opset", type=int, choices=[18, 20], default=20,
+        help="ONNX opset; 18 (saved as IR 9) loads on onnxruntime 1.16 (JetPack 5)")
+    add("--label-words", nargs="+", default=[], metavar="WORD",
+        help="classification: one word per class, in label order; with a language model each "
+             "must be one token, leading space included (e.g. ' terrible' ' great')")
+    add("--head", choices=["auto", "label-words", "label-embedding", "classifier"], default="auto",
+        help="classification scores: label-word logits of the LM head, cosine similarity of "
+             "the sentence embedding to each label word's (encoders such as MiniLM), or a "
+             "sequence-classification head (auto: the folder's classifier, else label words "
+             "on a language model, else label-embedding on an encoder)")
+    add("--graph", choices=["lowrank", "fullrank"], default="lowrank",
+        help="lowrank: inputs W, A, D per matrix (ZO-MOPI, ZO-Muon, LOZO); fullrank: W only (MeZO, LOREN)")
+    add("--force", action="store_true", help="replace --out if it exists (once the new bundle is complete)")
+    add("--no-check", dest="check", action="store_false",
+        help="skip the onnxruntime-vs-PyTorch loss check at the end of the export")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        from export.pipeline import ExportOptions, export_bundle
+    except ImportError as err:
+        raise UserError(f"the exporter needs torch, transformers, onnx and onnxscript ({err}): "
+                        f"pip install 'edge-zo[export]'") from None
+    opts = ExportOptions(
+        model=args.model, task=args.task, out=args.out, targets=args.targets, rank=args.rank,
+        probe_slots=args.probe_slots, dtype=args.dtype, max_seq_len=args.max_seq_len,
+        opset=args.opset, label_words=args.label_words, head=args.head, graph=args.graph,
+        force=args.force, check=args.check)
+    manifest = export_bundle(opts)
+    print(f"wrote {args.out}: {manifest.task}, {manifest.graph} graph, "
+          f"{len(manifest.matrices)} trained matrices, rank {manifest.rank}, opset {manifest.opset}")
+    return 0

@@ -1,0 +1,139 @@
+"""Loss and scores of the training graph, computed only where the loss needs logits.
+
+Four heads (docs/export.md, "Scores"):
+- `classifier`: a sequence-classification model; scores = the head's logits [P, B, C].
+- `label-words`: a causal LM scoring label words; the last non-pad hidden state times the
+  label tokens' rows of the LM head, [P, B, C]. Cross-entropy over candidates does not
+  depend on the log-softmax constant, so the vocabulary-wide logits are never formed.
+- `label-embedding`: a sentence-embedding encoder (MiniLM) scoring label words zero-shot:
+  scale * cos(mean-pooled last hidden state, e_c), where e_c is label word c's own pooled
+  embedding, computed by the same model at export time and stored as a constant.
+- `causal-lm`: mean NLL of the tokens where loss_mask is 1, each predicted from the
+  position before it; logits only at those positions (NonZero + Gather).
+The token batch is tiled P times (probe-major) so probe p runs with D[p] (lowrank.py).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from export.lowrank import probe_slots
+
+HEADS = ("classifier", "label-words", "label-embedding", "causal-lm")
+# sentence-transformers' MultipleNegativesRankingLoss multiplies cosine similarities by 20
+# (its `scale` default) before cross-entropy, the objective all-MiniLM-L6-v2 was trained
+# with: cosines in [-1, 1] would otherwise make a nearly flat softmax over the labels.
+EMBEDDING_SCALE = 20.0
+
+
+class TrainingGraph(nn.Module):
+    """(input_ids, attention_mask, labels | loss_mask) -> (loss [P], scores)."""
+
+    def __init__(self, model: nn.Module, head: str, trained_modules: list[str],
+                 label_token_ids: list[int] | None = None,
+                 label_embeddings: torch.Tensor | None = None):
+        super().__init__()
+        if head not in HEADS:
+            raise ValueError(f"unknown head {head!r}")
+        if head == "label-embedding" and label_embeddings is None:
+            raise ValueError("the label-embedding head needs label_embeddings [C, H]")
+        self.model, self.head, self.trained_modules = model, head, list(trained_modules)
+        ids = torch.tensor(label_token_ids or [], dtype=torch.long)
+        self.register_buffer("label_token_ids", ids, persistent=False)
+        # A constant of the graph (unit rows, fp32), not a trained or lifted tensor.
+        self.register_buffer("label_embeddings", label_embeddings, persistent=False)
+
+    def forward(self, input_ids, attention_mask, target):
+        probes = probe_slots(self.model, self.trained_modules)
+        ids, mask = input_ids.repeat(probes, 1), attention_mask.repeat(probes, 1)
+        if self.head == "causal-lm":
+            return self._causal_lm(ids, mask, input_ids, target, probes)
+        if self.head == "classifier":
+            logits = self.model(input_ids=ids, attention_mask=mask).logits
+        elif self.head == "label-embedding":
+            pooled = unit(mean_pool(self._hidden(ids, mask), mask))
+            logits = EMBEDDING_SCALE * pooled @ self.label_embeddings.t()
+        else:
+            logits = self._label_word_logits(ids, mask)
+        scores = logits.float().reshape(probes, input_ids.shape[0], -1)
+        return candidate_cross_entropy(scores, target), scores
+
+    def _hidden(self, ids, mask):
+        return self.model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+
+    def _label_word_logits(self, ids, mask):
+        hidden = self._hidden(ids, mask)
+        last = last_nonpad_index(mask)
+        h_last = hidden.gather(1, last[:, None, None].expand(-1, 1, hidden.shape[-1])).squeeze(1)
+        head = self.model.get_output_embeddings()
+        logits = h_last @ head.weight[self.label_token_ids].t()
+        if getattr(head, "bias", None) is not None:
+            logits = logits + head.bias[self.label_token_ids]
+        return logits
+
+    def _causal_lm(self, ids, mask, input_ids, loss_mask, probes):
+        batch, length = input_ids.shape
+        hidden = self._hidden(ids, mask)[:, :-1]  # position t-1 predicts token t
+        scored = loss_mask[:, 1:].reshape(-1) > 0
+        where = torch.nonzero(scored).squeeze(1)  # [K] flat (row, position) indices
+        picked = hidden.reshape(probes, batch * (length - 1), -1).index_select(1, where)
+        logits = self.model.get_output_embeddings()(picked).float()  # [P, K, V]
+        targets = input_ids[:, 1:].reshape(-1).index_select(0, where)
+        logp = torch.log_softmax(logits, dim=-1)
+        nll = -logp.gather(2, targets[None, :, None].expand(probes, -1, 1)).squeeze(2)
+        rows = torch.div(where, length - 1, rounding_mode="floor")
+        per_row = (rows[:, None] == torch.arange(batch)[None, :]).float()  # [K, B]
+        scores = nll @ per_row  # [P, B]: per-row sum of NLL
+        loss = nll.sum(1) / torch.clamp(scored.sum().float(), min=1.0)
+        return loss, scores
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of the hidden states whose mask is 1 (sentence-transformers' mean pooling), fp32."""
+    weights = mask.to(torch.float32)[:, :, None]
+    total = (hidden.float() * weights).sum(dim=1)
+    return total / torch.clamp(weights.sum(dim=1), min=1e-9)
+
+
+def unit(x: torch.Tensor) -> torch.Tensor:
+    """Rows scaled to unit L2 norm (torch.nn.functional.normalize, eps 1e-12)."""
+    return x / torch.clamp(x.norm(dim=-1, keepdim=True), min=1e-12)
+
+
+@torch.no_grad()
+def label_embeddings(encoder: nn.Module, tokenizer, words: list[str]) -> torch.Tensor:
+    """[C, H] unit rows: each label word encoded alone ([CLS] word [SEP]) and mean-pooled,
+    as sentence-transformers embeds a short text."""
+    rows = []
+    for word in words:
+        batch = tokenizer(word, return_tensors="pt")
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        hidden = encoder.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+        rows.append(unit(mean_pool(hidden, mask))[0])
+    return torch.stack(rows)
+
+
+@torch.no_grad()
+def label_embedding_reference(encoder: nn.Module, embeddings: torch.Tensor, batch: dict) -> tuple:
+    """(loss, scores [B, C]) from the unmodified encoder's own forward, for the parity check
+    (torch.nn.functional, not this module's pooling, so a slip in either shows)."""
+    mask = batch["attention_mask"]
+    hidden = encoder(input_ids=batch["input_ids"], attention_mask=mask).last_hidden_state.float()
+    weights = mask[:, :, None].float()
+    pooled = nn.functional.normalize((hidden * weights).sum(1) / weights.sum(1), dim=-1)
+    scores = EMBEDDING_SCALE * pooled @ embeddings.float().t()
+    return float(nn.functional.cross_entropy(scores, batch["labels"])), scores.numpy()
+
+
+def last_nonpad_index(mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last position whose mask is 1 (right or left padding alike)."""
+    positions = torch.arange(mask.shape[1], device=mask.device)[None, :]
+    return (mask.long() * positions).argmax(dim=1)
+
+
+def candidate_cross_entropy(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of CE over the C candidates, per probe slot: [P, B, C] -> [P]."""
+    logp = torch.log_softmax(scores, dim=-1)
+    picked = logp.gather(2, labels[None, :, None].expand(scores.shape[0], -1, 1)).squeeze(2)
+    return -picked.mean(dim=1)

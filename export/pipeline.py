@@ -1,0 +1,257 @@
+"""One export, start to finish: options -> model -> graph -> bundle folder, all or nothing.
+
+The bundle is written into a hidden sibling folder and renamed into place only when it is
+complete (graph, appended weights, tokenizer, manifest, parity check); with --force the
+old folder is replaced only then. Any failure removes the partial folder.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from edge_zo.bundle import TOKENIZER_NAME, Manifest, TrainedMatrix, write_manifest
+from edge_zo.errors import UserError
+from export import checks, heads, models, vocab
+from export.graph import IR_FOR_OPSET, LiftedInput, append_weights, export_graph
+from export.heads import TrainingGraph
+from export.inference import INFERENCE_FILE, check_inference, write_inference
+from export.lowrank import (FULLRANK_ROLES, LOWRANK_ROLES, functional_keys, graph_input_names,
+                            inject, layout_of, matrix_shape)
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+MODEL_FILE = "model.onnx"
+DEFAULT_SEQ_LEN = 512
+MIN_SEQ_LEN = 16  # above the traced length, 11
+
+
+@dataclass
+class ExportOptions:
+    model: str
+    task: str
+    out: Path
+    targets: list[str] = field(default_factory=list)  # empty: the architecture's default
+    rank: int = 8
+    probe_slots: int = 4
+    dtype: str = "fp32"
+    max_seq_len: int | None = None  # None: min(512, the model's positions)
+    opset: int = 20
+    label_words: list[str] = field(default_factory=list)
+    head: str = "auto"
+    graph: str = "lowrank"
+    force: bool = False
+    check: bool = True
+
+
+@dataclass
+class Prepared:
+    """What the graph and manifest are built from."""
+
+    source: models.Source
+    model: torch.nn.Module
+    head: str
+    targets: list[str]  # parameter names
+    tokenizer_file: Path
+    labels: vocab.Labels
+    label_embeddings: torch.Tensor | None = None  # label-embedding head: [C, H] unit rows
+
+    def core(self, modules: list[str]) -> TrainingGraph:
+        return TrainingGraph(self.model, self.head, modules, self.labels.token_ids,
+                             self.label_embeddings).eval()
+
+
+def export_bundle(opts: ExportOptions) -> Manifest:
+    validate_options(opts)
+    prep = prepare(opts)
+    staging = opts.out.parent / f".{opts.out.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        manifest = write_bundle(prep, opts, staging)
+        _move_into_place(staging, opts.out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return manifest
+
+
+def export_inference_graph(opts: ExportOptions, path: Path) -> None:
+    """The same loss head with every weight an initializer: what the training graph's
+    overhead is measured against (benchmarks/forward.py)."""
+    validate_options(opts)
+    prep = prepare(opts)
+    batch = trace_batch(prep, opts)
+    export_graph(prep.core([]), opts.task, [], path, opts.opset, batch, _dims(opts))
+
+
+def validate_options(opts: ExportOptions) -> None:
+    if opts.out.exists() and not opts.force:
+        raise UserError(f"{opts.out} already exists; choose another --out or pass --force to replace it")
+    if opts.graph == "lowrank" and opts.rank < 1:
+        raise UserError(f"--rank must be at least 1, got {opts.rank}")
+    if opts.probe_slots < 1:
+        raise UserError(f"--probe-slots must be at least 1, got {opts.probe_slots}")
+    if opts.max_seq_len is not None and opts.max_seq_len < MIN_SEQ_LEN:
+        raise UserError(f"--max-seq-len must be at least {MIN_SEQ_LEN}, got {opts.max_seq_len}")
+    if opts.opset not in IR_FOR_OPSET:
+        raise UserError(f"--opset {opts.opset} is not supported; use 20, or 18 for onnxruntime <= 1.16")
+
+
+def prepare(opts: ExportOptions) -> Prepared:
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()  # "Loading weights" bars would bury our one-line report
+    source = models.resolve(opts.model)
+    opts.max_seq_len = _check_seq_len(source, opts.max_seq_len)
+    head = choose_head(source, opts.task, opts.head)
+    tokenizer_file, tokenizer = vocab.load_tokenizer(source.folder)
+    labels = vocab.labels_for(opts, head, tokenizer, source.config)
+    embeddings = None
+    if head == "label-embedding":
+        model = load_encoder(source, DTYPES[opts.dtype], labels.pad_token_id)
+        embeddings = heads.label_embeddings(model, tokenizer, labels.words)
+    else:
+        model = models.load_model(source, head, len(labels.words), DTYPES[opts.dtype], labels.pad_token_id)
+    eligible = models.eligible_matrices(model, head)
+    targets = models.select_targets(eligible, opts.targets or list(source.arch.default_targets))
+    if opts.graph == "lowrank":
+        models.check_rank(eligible, targets, opts.rank)
+    return Prepared(source, model, head, targets, tokenizer_file, labels, embeddings)
+
+
+def choose_head(source: models.Source, task: str, head: str) -> str:
+    """models.choose_head, plus `label-embedding`: the auto choice for an encoder without a
+    trained classification head (MiniLM), where a fresh classifier would score at random."""
+    auto_embedding = head == "auto" and task == "classification" and not source.arch.causal \
+        and not models._is_sequence_classifier(source.config)
+    if head != "label-embedding" and not auto_embedding:
+        return models.choose_head(source, task, head)
+    if task != "classification" or source.arch.causal:
+        raise UserError(f"--head label-embedding needs --task classification on a sentence-"
+                        f"embedding encoder (BERT / MiniLM), not {source.model_type}; "
+                        f"use --head label-words on a language model")
+    return "label-embedding"
+
+
+def load_encoder(source: models.Source, dtype: torch.dtype, pad_token_id: int) -> torch.nn.Module:
+    """The bare encoder (no head) for the label-embedding head."""
+    from transformers import AutoModel
+    model = AutoModel.from_pretrained(source.folder, dtype=dtype, attn_implementation="eager")
+    model.config.pad_token_id = pad_token_id
+    return model.eval()
+
+
+def _check_seq_len(source: models.Source, max_seq_len: int | None) -> int:
+    limit = getattr(source.config, source.arch.positions, None) if source.arch.positions else None
+    if max_seq_len is None:
+        return min(DEFAULT_SEQ_LEN, limit or DEFAULT_SEQ_LEN)
+    if limit is not None and max_seq_len > limit:
+        raise UserError(f"--max-seq-len {max_seq_len} exceeds the model's {limit} positions; "
+                        f"use --max-seq-len {limit} or less")
+    return max_seq_len
+
+
+def write_bundle(prep: Prepared, opts: ExportOptions, folder: Path) -> Manifest:
+    batch = trace_batch(prep, opts)
+    reference = _reference(prep, batch) if opts.check else None
+    # The same Parameter objects stay in the model after inject(): no copy needed.
+    weights = {name: prep.model.get_parameter(name).detach() for name in prep.targets}
+    # inference.onnx first: build_graph injects the low-rank layers into prep.model.
+    inference_path = folder / INFERENCE_FILE
+    write_inference(prep.core([]), opts.task, weights, inference_path, opts.opset, batch, _dims(opts))
+    if reference is not None:
+        check_inference(inference_path, opts.task, weights, batch, reference[1], opts.dtype)
+    core, lifted = build_graph(prep, opts)
+    model_path = folder / MODEL_FILE
+    export_graph(core, opts.task, lifted, model_path, opts.opset, batch, _dims(opts))
+    records = append_weights(model_path, [weights[name] for name in prep.targets])
+    write_tokenizer(prep.tokenizer_file, folder / TOKENIZER_NAME)
+    manifest = make_manifest(prep, opts, weights, records, INFERENCE_FILE)
+    write_manifest(folder, manifest)
+    if reference is not None:
+        checks.check_bundle(folder, manifest, batch, reference, opts.dtype)
+    return manifest
+
+
+def _reference(prep: Prepared, batch: dict) -> tuple:
+    if prep.head == "label-embedding":
+        return heads.label_embedding_reference(prep.model, prep.label_embeddings, batch)
+    return checks.reference(prep.model, prep.head, prep.labels.token_ids, batch)
+
+
+def write_tokenizer(source: Path, target: Path) -> None:
+    """tokenizer.json without its own padding and truncation: the runtime pads and cuts
+    (data.make_batch). MiniLM's file pads every text to 128 tokens, which would hand the
+    runtime 128 ids per row, the last of them [PAD] with an attention mask of 1."""
+    from tokenizers import Tokenizer
+    tokenizer = Tokenizer.from_file(str(source))
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    tokenizer.save(str(target))
+
+
+def trace_batch(prep: Prepared, opts: ExportOptions) -> dict:
+    """The batch traced and checked with. B = 5, T = 11 and P = 3 (build_graph): none is 1
+    (the exporter would specialise it) and they differ, so it cannot equate them."""
+    return checks.example_batch(opts.task, prep.model.config.vocab_size, 5, 11,
+                                len(prep.labels.words), seed=0, pad_token_id=prep.labels.pad_token_id)
+
+
+def build_graph(prep: Prepared, opts: ExportOptions) -> tuple[TrainingGraph, list[LiftedInput]]:
+    modules = [name.rsplit(".", 1)[0] for name in prep.targets]
+    lowrank = opts.graph == "lowrank"
+    if lowrank:
+        inject(prep.model, modules, opts.rank)
+    core = prep.core(modules if lowrank else [])
+    probes = torch.export.Dim("probes", min=1)
+    lifted = []
+    for name in prep.targets:
+        roles = LOWRANK_ROLES if lowrank else FULLRANK_ROLES
+        layer = prep.model.get_submodule(name.rsplit(".", 1)[0])
+        examples = {"W": layer.weight.detach()}
+        if lowrank:
+            examples.update(A=layer.A, D=torch.zeros(3, *layer.D.shape[1:]))
+        names, keys = graph_input_names(name, roles), functional_keys(name, roles)
+        lifted += [LiftedInput(names[r], f"model.{keys[r]}", examples[r],
+                               {0: probes} if r == "D" else {}) for r in roles]
+    return core, lifted
+
+
+def _dims(opts: ExportOptions) -> dict:
+    return {"batch": torch.export.Dim("batch", min=1),
+            "seq": torch.export.Dim("seq", min=2, max=opts.max_seq_len)}
+
+
+def make_manifest(prep: Prepared, opts: ExportOptions, weights: dict, records: list[dict],
+                  inference_file: str = "") -> Manifest:
+    lowrank = opts.graph == "lowrank"
+    roles = LOWRANK_ROLES if lowrank else FULLRANK_ROLES
+    matrices = []
+    for name, record in zip(prep.targets, records):
+        layer = prep.model.get_submodule(name.rsplit(".", 1)[0])
+        matrices.append(TrainedMatrix(
+            name=name, shape=matrix_shape(layer), layout=layout_of(layer),
+            dtype=str(weights[name].dtype).removeprefix("torch."),
+            inputs=graph_input_names(name, roles), weight_data=record))
+    return Manifest(
+        task=opts.task, graph=opts.graph, rank=opts.rank if lowrank else 0,
+        probe_slots=opts.probe_slots if lowrank else 1, max_seq_len=opts.max_seq_len,
+        matrices=matrices, opset=opts.opset, model_file=MODEL_FILE,
+        source={"model": prep.source.name, "path": str(prep.source.folder.resolve()),
+                "architecture": type(prep.model).__name__, "model_type": prep.source.model_type,
+                "head": prep.head, "sha256": models.weights_sha256(prep.source.folder)},
+        exporter=checks.versions(),
+        label_words=prep.labels.words, label_token_ids=prep.labels.token_ids,
+        pad_token_id=prep.labels.pad_token_id, padding_side="right", inference_file=inference_file)
+
+
+def _move_into_place(staging: Path, out: Path) -> None:
+    if not out.exists():
+        staging.rename(out)
+        return
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    out.rename(old)
+    staging.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
