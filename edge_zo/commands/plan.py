@@ -22,6 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--memory-budget", type=int, metavar="MiB", help="override the profile's budget")
     parser.add_argument("--data", nargs="*", default=[], metavar="FILE",
                         help="the job's data files, counted in the prediction")
+    parser.add_argument("--optimizer", metavar="NAME",
+                        help="optimizer or preset whose state to count (default zo-mopi on a low-rank "
+                             "bundle, mezo on a full-rank one)")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON (for scripts)")
 
 
@@ -42,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     provider = profile.execution_provider if profile else "cpu"
     cal = planner.calibrate(args.bundle, shape, provider, profile.threads if profile else None)
     data = planner.data_mib(args.data)
-    plan = planner.make_plan(cal, manifest, shape, budget, _optimizer_mib(manifest), data)
+    plan = planner.make_plan(cal, manifest, shape, budget, _optimizer_mib(manifest, args.optimizer), data)
     print(json.dumps(plan.to_json(), indent=2) if args.json else plan.table())
     return 0 if plan.fits else 1
 
@@ -57,11 +60,11 @@ def _check_shape(shape, manifest) -> None:
         raise UserError(f"--probe-slots {shape.probe_slots} is over the bundle's {manifest.probe_slots}")
 
 
-def _optimizer_mib(manifest) -> float:
-    """The default optimizer's state: zo-mopi on a low-rank bundle, mezo on a full-rank one."""
+def _optimizer_mib(manifest, preset: str | None) -> float:
+    """The optimizer's state; by default zo-mopi on a low-rank bundle, mezo on a full-rank one."""
     from edge_zo.memory.plan import optimizer_mib
     from edge_zo.runconfig import RunConfig
 
-    preset = "zo-mopi" if manifest.graph == "lowrank" else "mezo"
+    preset = preset or ("zo-mopi" if manifest.graph == "lowrank" else "mezo")
     return optimizer_mib(manifest, RunConfig(bundle="(plan)", data="(plan)", preset=preset)
                          .optimizer_config(manifest.rank))

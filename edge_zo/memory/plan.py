@@ -169,8 +169,12 @@ def optimizer_mib(manifest, opt_config) -> float:
     from edge_zo.rng import Key
 
     shapes = {m.name: tuple(m.shape) for m in manifest.matrices}
-    state = optimizer_for(opt_config).init(shapes, opt_config, Key.root(0).child("init"))
-    state_bytes = sum(a.nbytes for a in state.to_arrays().values())
+    opt = optimizer_for(opt_config)
+    if opt.memory_bytes is not None:  # a formula: no need to allocate (LOREN's full momentum)
+        state_bytes = opt.memory_bytes(shapes, opt_config)
+    else:
+        state = opt.init(shapes, opt_config, Key.root(0).child("init"))
+        state_bytes = sum(a.nbytes for a in state.to_arrays().values())
     probes = 2 * getattr(opt_config, "k", 0) + 1 if manifest.graph == "lowrank" else 0
     probe_bytes = probes * manifest.rank * sum(n for _, n in shapes.values()) * 4
     return (state_bytes + probe_bytes) / MiB
