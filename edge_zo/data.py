@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tokenizers import Tokenizer
 
+from edge_zo.bundle import TOKENIZER_NAME
 from edge_zo.errors import UserError
 
 READERS = (".jsonl", ".csv", ".tsv")
@@ -57,6 +59,11 @@ TEMPLATES = {
                       capitalize=("question",)),
     # The prompt that suits small instruction-tuned models (0.805 zero-shot for SmolLM2 on SST-2).
     "review": Template("Review: {text}\nSentiment:", {"negative": "negative", "positive": "positive"}),
+    # The bare text, for a sentence-embedding head (MiniLM's label-embedding), which compares
+    # the text's embedding with the label words' own: a prompt around the text only blurs
+    # it (MiniLM zero-shot on the review sample: 0.66 bare, 0.53 with the review prompt).
+    "review-plain": Template("{text}", {"negative": "negative", "positive": "positive"}),
+    "sst2-plain": Template("{sentence}", {"0": "negative", "1": "positive"}),
 }
 
 
@@ -170,6 +177,16 @@ def mezo_split(train: list, validation: list, n_train: int = 1000, n_dev: int = 
     sample = random.Random(seed).sample(train, min(len(train), n_train + n_dev))
     test = random.Random(seed).sample(validation, min(len(validation), n_test))
     return sample[:n_train], sample[n_train:], test
+
+
+def load_tokenizer(bundle_dir: str | Path):
+    """The bundle's tokenizer with its own padding and truncation off: `make_batch` pads
+    and cuts (from the left), and a tokenizer.json that pads to a fixed length (MiniLM's
+    pads to 128) would otherwise fill a cut prompt with [PAD] tokens the mask counts."""
+    tokenizer = Tokenizer.from_file(str(Path(bundle_dir) / TOKENIZER_NAME))
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    return tokenizer
 
 
 @dataclass(frozen=True)

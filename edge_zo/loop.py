@@ -15,14 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import psutil
-from tokenizers import Tokenizer
 from tqdm import tqdm
 
 from edge_zo import checkpoint, runconfig
-from edge_zo.bundle import TOKENIZER_NAME, read_manifest
+from edge_zo.bundle import read_manifest
 from edge_zo.errors import UserError
 from edge_zo.memory.guard import Budget, MemoryBudgetExceeded, MemoryGuard
-from edge_zo.data import TEMPLATES, Batch, DataError, Template, load_classification, load_text, make_batch
+from edge_zo.data import (TEMPLATES, Batch, DataError, Template, load_classification, load_text,
+                          load_tokenizer, make_batch)
 from edge_zo.metrics import Clock, MetricsLog, plot
 from edge_zo.optim import optimizer_for
 from edge_zo.rng import Key
@@ -39,7 +39,7 @@ def finetune(config: RunConfig, run_dir: Path, resume: bool = False, budget: Bud
     # ---- the pieces: bundle, data, runtime, optimizer ---------------------------------
     run_dir.mkdir(parents=True, exist_ok=True)
     manifest = read_manifest(config.bundle)
-    tokenizer = Tokenizer.from_file(str(Path(config.bundle) / TOKENIZER_NAME))
+    tokenizer = load_tokenizer(config.bundle)
     template = template_for(config, manifest)
     train = load_examples(config, config.data, manifest, template)
     evals = load_examples(config, config.eval_data, manifest, template) if config.eval_data else []

@@ -36,7 +36,7 @@ class RunConfig:
     bundle: str = opt("", "bundle folder written by `edge-zo export`")
     data: str = opt("", "training data: .jsonl, .csv or .tsv")
     eval_data: str = opt("", "held-out data scored every eval_every steps (empty: none)")
-    template: str = opt("review", "prompt template: a built-in name (sst2, rte, cb, boolq, review) for classification")
+    template: str = opt("review", "prompt template for classification: a built-in name (edge_zo.data.TEMPLATES)")
     text_field: str = opt("text", "causal-lm: the field whose tokens are scored")
     prompt_field: str = opt("", "causal-lm: a field prepended unscored (empty: score the whole text)")
     skip_bad: bool = opt(False, "skip and count bad data rows instead of stopping at the first one")

@@ -138,7 +138,10 @@ class Runtime:
     def set_sketch(self, sketch_id: int, A: dict[str, np.ndarray]) -> None:
         """Bind the sketch A (name -> m x r) for the low-rank probes that follow."""
         _require_lowrank(self, "set_sketch")
-        _same_names("set_sketch", A, self.shapes)
+        # A subset is fine (optimizer.targets): probes leave the others at D = 0.
+        unknown = sorted(set(A) - set(self.shapes))
+        if unknown:
+            raise ValueError(f"set_sketch: unknown trained matrices {unknown}")
         for name, a in A.items():
             self.A[name].write(_shaped(f"A[{name}]", a, self.A[name].shape))
         self.sketch_id = sketch_id
@@ -293,12 +296,6 @@ class Runtime:
 def _require_lowrank(rt: Runtime, what: str) -> None:
     if not rt.lowrank:
         raise UserError(f"{what} needs a low-rank bundle; {rt.bundle_dir} holds a {rt.manifest.graph} graph")
-
-
-def _same_names(what: str, given: dict, shapes: dict) -> None:
-    missing, extra = sorted(set(shapes) - set(given)), sorted(set(given) - set(shapes))
-    if missing or extra:
-        raise ValueError(f"{what}: missing matrices {missing}, unknown matrices {extra}")
 
 
 def _shaped(what: str, arr, shape, dtype=np.float32) -> np.ndarray:

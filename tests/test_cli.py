@@ -10,7 +10,6 @@ import sys
 import pytest
 
 from edge_zo.cli import COMMANDS, build_parser
-from edge_zo.commands._pending import NOT_YET_EXIT_CODE
 
 SUBCOMMANDS = ["export", "plan", "finetune", "eval", "deploy", "profiles"]
 
@@ -61,14 +60,6 @@ def test_usage_errors_exit_2_with_a_pointer_to_help(args, expected):
     assert result.returncode == 2
     assert expected in result.stderr
     assert "--help" in result.stderr
-    assert "Traceback" not in result.stderr
-
-
-@pytest.mark.parametrize("name", ["deploy"])
-def test_commands_without_an_engine_say_so(name):
-    result = edge_zo(name, "run")
-    assert result.returncode == NOT_YET_EXIT_CODE
-    assert "not in this build yet" in result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -131,3 +131,13 @@ def test_an_existing_run_is_not_overwritten(job, tmp_path):
     finetune(job, tmp_path / "run", "--steps", "5")
     result = finetune(job, tmp_path / "run", "--steps", "5", check=False)
     assert result.returncode == 2 and "--resume" in result.stderr
+
+
+def test_a_subset_of_targets_trains_only_those_matrices(job, tmp_path):
+    finetune(job, tmp_path / "run", "--steps", "10", "optimizer.targets=layers.0.fc1.weight",
+             "optimizer.nu=4")  # folds at steps 4 and 8 write W
+    arrays = final_state(tmp_path / "run")
+    assert {k for k in arrays if k.startswith("opt/C/")} == {"opt/C/", "opt/C/layers.0.fc1.weight"}
+    start = build(tmp_path / "fresh", max_seq_len=16).weights
+    assert not np.array_equal(arrays["W/layers.0.fc1.weight"], start["layers.0.fc1.weight"])
+    assert np.array_equal(arrays["W/layers.0.fc2.weight"], start["layers.0.fc2.weight"])

@@ -1,21 +1,37 @@
-"""`edge-zo deploy`: write a plain inference model with a run's trained weights merged."""
+"""`edge-zo deploy`: write a plain inference model with a run's trained weights merged (docs/deploy.md)."""
 
 from __future__ import annotations
 
 import argparse
-
-from edge_zo.commands._pending import not_yet
+from pathlib import Path
 
 HELP = "write a plain inference model.onnx with a run's trained weights merged in"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", metavar="RUN", help="run folder written by `edge-zo finetune`")
-    parser.add_argument("--out", metavar="FILE", help="output model file, e.g. model.onnx")
-    parser.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32", help="weight precision of the output")
+    parser.add_argument("--out", metavar="FILE", required=True, type=Path,
+                        help="output model file, e.g. model.onnx (its folder must exist)")
+    parser.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32",
+                        help="weight precision of the output (fp16: half the file, fp32 arithmetic)")
+    parser.add_argument("--weights", choices=("best", "last"), default="best",
+                        help="which of the run's weights: best on dev (else the last), or the last checkpoint")
     parser.add_argument("--only-if-better", metavar="DATA",
-                        help="keep the existing --out model unless the new one scores higher on DATA")
+                        help="keep the existing --out model unless the new one scores strictly "
+                             "better on DATA (accuracy; mean NLL for causal-lm)")
 
 
 def run(args: argparse.Namespace) -> int:
-    raise not_yet("deploy", "issue 6")
+    from edge_zo.deploy import DeployOptions, deploy
+
+    report = deploy(DeployOptions(run=Path(args.run), out=args.out, dtype=args.dtype,
+                                  weights=args.weights, only_if_better=args.only_if_better))
+    if report.new_score is not None:
+        verdict = "replaced it" if report.replaced else f"kept {report.out} (the new model is not better)"
+        print(f"on {args.only_if_better}: {report.metric} new {report.new_score:.4f}, "
+              f"previous {report.old_score:.4f}: {verdict}")
+    if report.replaced:
+        print(f"wrote {report.out} ({args.dtype}, {report.bytes / 2**20:.1f} MiB) from {args.run}, "
+              f"weights {report.weights}; parity with the training graph: max |score diff| "
+              f"{report.parity_diff:.2g} on {report.parity_rows} rows of {report.parity_source}")
+    return 0

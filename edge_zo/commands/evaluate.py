@@ -25,9 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from edge_zo import checkpoint, loop, runconfig
-    from edge_zo.bundle import TOKENIZER_NAME, read_manifest
+    from edge_zo.bundle import read_manifest
+    from edge_zo.data import load_tokenizer
     from edge_zo.runtime import Runtime
-    from tokenizers import Tokenizer
 
     config = runconfig.load(Path(args.run)) if args.run else None
     bundle = args.bundle or (config.bundle if config else None)
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         state = loop.load_snapshot(ckpt, runtime, config)
     template = loop.template_for(config, manifest)
     examples = loop.load_examples(config, args.data, manifest, template)
-    tokenizer = Tokenizer.from_file(str(Path(bundle) / TOKENIZER_NAME))
+    tokenizer = load_tokenizer(bundle)
     record = loop.evaluate(runtime, state, examples, tokenizer, manifest, args.batch_size)
     print(json.dumps({"data": args.data, "examples": len(examples), **record}))
     return 0

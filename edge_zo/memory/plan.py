@@ -327,15 +327,14 @@ def _child(spec: dict) -> dict:
 
     import edge_zo.loop  # noqa: F401  everything a finetune job imports
     import numpy as np
-    from tokenizers import Tokenizer
 
-    from edge_zo.bundle import TOKENIZER_NAME
+    from edge_zo.data import load_tokenizer
     from edge_zo.metrics import plot
     from edge_zo.runtime import Runtime
 
     bundle, shape = spec["bundle"], Shape(**spec["shape"])
     P, B, T = shape.probe_slots, shape.batch, shape.seq_len
-    tokenizer = Tokenizer.from_file(str(Path(bundle) / TOKENIZER_NAME))
+    tokenizer = load_tokenizer(bundle)
     libraries = _status()["VmRSS"]
     reset_peak()
     rt = Runtime(bundle, provider=spec["provider"], threads=spec["threads"] or None, probe_slots=P)

@@ -138,5 +138,5 @@ def test_bundle_tokenizer_leaves_padding_and_truncation_to_the_runtime(tmp_path,
     ours = Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
     text = "the plot is thin but the actors are good a great movie"
     assert ours.padding is None and ours.truncation is None
-    assert len(source.encode(text).ids) == 8
+    assert len(source.encode(text).ids) == 32  # cut to 8, then padded to 32
     assert ours.encode(text).ids == plain.encode(text).ids
