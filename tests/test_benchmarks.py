@@ -1,0 +1,80 @@
+"""Each issue-8 benchmark runs once at its `--tiny` size and writes sane JSON (CI keeps them working).
+
+The exports of the tiny model are shared by all four (one work folder per session), so
+the whole file is a few exports plus seconds of runs. Timings are not checked: numbers
+from a loaded CI machine mean nothing; shapes, keys and ranges are.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.export]
+pytest.importorskip("torch")
+pytest.importorskip("onnxscript")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+    return tmp_path_factory.mktemp("bench-work"), tmp_path_factory.mktemp("bench-results")
+
+
+def run(script: str, dirs, *extra: str) -> dict:
+    work, results = dirs
+    cmd = [sys.executable, str(REPO / "benchmarks" / script), "--tiny", "--work", str(work),
+           "--results", str(results), *extra]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    written = [line.split("wrote ", 1)[1] for line in done.stdout.splitlines() if line.startswith("wrote ")]
+    return json.loads(Path(next(w for w in written if w.endswith(".json"))).read_text())
+
+
+def positive(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def test_step_cost(dirs):
+    report = run("step_cost.py", dirs, "--presets", "zo-mopi", "paper-code", "mezo")
+    assert set(report["summary"]) == {"zo-mopi", "paper-code", "mezo"}
+    assert len(report["load_avg_start"]) == 3 and positive(report["wall_s"])
+    passes = {name: row["forward_passes"] for name, row in report["summary"].items()}
+    assert passes == {"zo-mopi": 8, "paper-code": 9, "mezo": 2}  # central 2N, N=4; forward N+1, N=8
+    for row in report["summary"].values():
+        assert positive(row["ratio"]) and positive(row["step_s"]) and positive(row["bare_forward_s"])
+
+
+def test_torch_zo_mopi(dirs):
+    report = run("torch_zo_mopi.py", dirs)
+    assert set(report["medians"]) == {"edge-zo", "torch"}
+    for key in ("steps_per_s_edge_vs_torch", "peak_rss_edge_vs_torch"):
+        assert positive(report["ratios"][key])
+    for side in report["medians"].values():
+        assert side["peak_rss_mib"] > side["import_rss_mib"] > 0
+
+
+def test_memory(dirs):
+    report = run("memory.py", dirs, "--presets", "zo-mopi")
+    assert set(report["medians"]) == {"plain", "finetune:zo-mopi", "backprop", "backprop-all"}
+    ratios = report["ratios"]["zo-mopi"]
+    assert positive(ratios["finetune_vs_plain"]) and positive(ratios["finetune_vs_backprop"])
+    assert isinstance(ratios["meets_goal"], bool)
+
+
+def test_convergence(dirs):
+    work, results = dirs
+    report = run("convergence.py", dirs, "--presets", "zo-mopi", "zo-muon", "mezo",
+                 "--lr", "zo-mopi=1e-2", "zo-muon=1e-2", "mezo=1e-6", "--evals", "2")
+    assert set(report["chosen_eta"]) == {"zo-mopi", "zo-muon", "mezo"}
+    for r in report["runs"].values():
+        assert 0 <= r["best_dev_acc"] <= 1 and r["evals"][0]["forward_passes"] == 0
+        assert r["forward_passes"] <= 40 + 10  # the budget, up to one step's forwards
+    assert set(report["ratios"]) == {"zo_muon_over_zo_mopi", "zo_muon_over_mezo"}
+    assert (results / "convergence-tiny.png").stat().st_size > 1000
