@@ -78,7 +78,7 @@ def finetune(config: RunConfig, run_dir: Path, resume: bool = False, budget: Bud
             snapshot(run_dir / "best", step, runtime, state, progress, clock)
         return record
 
-    last = evaluate_and_keep_best(0) if progress["step"] == 0 else {}
+    last = evaluate_and_keep_best(0) if evals and progress["step"] == 0 else {}
     bar = tqdm(range(progress["step"], config.steps), initial=progress["step"], total=config.steps,
                desc="finetune", unit="step", dynamic_ncols=True, mininterval=1.0)
     for t in bar:
@@ -215,13 +215,15 @@ class ReplayOracle:
 
     def __init__(self, runtime: Runtime, losses: list[float]):
         self._runtime, self._losses = runtime, list(losses)
-        self.shapes = runtime.shapes
-        self.set_sketch, self.fold, self.add_noise = runtime.set_sketch, runtime.fold, runtime.add_noise
+
+    def __getattr__(self, name: str):
+        # Everything that changes the weights (set_sketch, fold, add_noise, add) must run.
+        return getattr(self._runtime, name)
 
     def losses(self, probes) -> np.ndarray:
         if len(probes) > len(self._losses):
             raise UserError("journal entry has fewer losses than the step asks for: "
-                                       "the run's config or edge-zo version changed since it was written")
+                            "the run's config or edge-zo version changed since it was written")
         taken, self._losses = self._losses[:len(probes)], self._losses[len(probes):]
         return np.asarray(taken, dtype=np.float32)
 

@@ -68,7 +68,7 @@ def test_zo_mopi_learns_the_tiny_task(job, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("preset", ["zo-mopi", "mezo"])
+@pytest.mark.parametrize("preset", ["zo-mopi", "mezo", "loren"])  # low-rank, noise, dense updates
 def test_sigkill_at_random_moments_then_resume_is_bit_exact(job, tmp_path, preset):
     steps = ["--steps", "300", "--optimizer", preset, "eval_every=40", "checkpoint_every=35"]
     began = time.perf_counter()
