@@ -9,12 +9,25 @@ place, so a redraw cannot leave a probe behind in the weights (the authors' code
 from __future__ import annotations
 
 import dataclasses
+import typing
+from dataclasses import dataclass
 from typing import Callable, Mapping
 
 import numpy as np
 
-from edge_zo.optim.base import Oracle
+from edge_zo.optim.base import Oracle, State
 from edge_zo.rng import Key, orthonormal
+
+
+@dataclass(frozen=True, eq=False)
+class SketchState(State):
+    """What every sketch method keeps: the weights seen are X = W + A·C."""
+
+    config: typing.Any
+    step: int
+    sketch_id: int  # id of the sketch A bound in the oracle
+    A: dict  # m×r orthonormal sketch per matrix
+    C: dict  # r×n update accumulated since the last fold
 
 
 def ranks(matrices: Mapping[str, tuple[int, int]], r: int) -> dict[str, int]:

@@ -21,12 +21,12 @@ from typing import ClassVar
 
 import numpy as np
 
-from edge_zo.optim.base import State, StepInfo
+from edge_zo.optim.base import StepInfo
 from edge_zo.optim.configs import SketchConfig, _choice, opt, require
 from edge_zo.optim.estimate import estimate_in_sketch, one_d_update, select
 from edge_zo.optim.linalg import rank_k_sign, top_left_singular
 from edge_zo.optim.schedule import eta_at
-from edge_zo.optim.sketch import bind_and_refresh, random_sketch, ranks
+from edge_zo.optim.sketch import SketchState, bind_and_refresh, random_sketch, ranks
 from edge_zo.rng import Key, normal, orthonormal, qr_sign_fixed
 
 SKETCHES = ("random", "momentum")
@@ -66,12 +66,8 @@ PRESETS = {
 
 
 @dataclass(frozen=True, eq=False)
-class ZoMopiState(State):
+class ZoMopiState(SketchState):
     config: ZoMopiConfig
-    step: int
-    sketch_id: int  # id of the sketch A bound in the oracle
-    A: dict  # m×r orthonormal sketch per matrix
-    C: dict  # r×n update accumulated since the last fold
     M: dict  # r×n momentum
     V: dict  # n×k power-iteration state
 

@@ -18,12 +18,12 @@ from typing import ClassVar
 
 import numpy as np
 
-from edge_zo.optim.base import State, StepInfo
+from edge_zo.optim.base import StepInfo
 from edge_zo.optim.configs import SketchConfig, opt, require
 from edge_zo.optim.estimate import estimate_in_sketch, one_d_update, select
 from edge_zo.optim.linalg import newton_schulz
 from edge_zo.optim.schedule import eta_at
-from edge_zo.optim.sketch import bind_and_refresh, random_sketch, ranks
+from edge_zo.optim.sketch import SketchState, bind_and_refresh, random_sketch, ranks
 from edge_zo.rng import Key
 
 
@@ -48,12 +48,8 @@ PRESETS = {"zo-muon": {}}
 
 
 @dataclass(frozen=True, eq=False)
-class ZoMuonState(State):
+class ZoMuonState(SketchState):
     config: ZoMuonConfig
-    step: int
-    sketch_id: int  # id of the sketch A bound in the oracle
-    A: dict  # m×r orthonormal sketch per matrix
-    C: dict  # r×n update accumulated since the last fold
 
 
 def init(shapes, config: ZoMuonConfig, key: Key) -> ZoMuonState:
