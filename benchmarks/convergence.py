@@ -10,7 +10,9 @@ its preset (zo-mopi, paper-code, zo-muon, lozo, mezo) through the real finetune 
 for each learning rate of a small grid; the rate kept is the one with the best dev
 accuracy. Low-rank methods run on the low-rank bundle, MeZO on the full-rank one. MiniLM
 uses the export's label-embedding head (cosine of the sentence embedding to "negative" /
-"positive"), so the bare-sentence template `sst2-plain`. Time is the loop's train_s
+"positive"), so the bare-sentence template `sst2-plain`; SmolLM2-135M (label words
+" negative" / " positive") the `review` prompt `Review: {sentence}\nSentiment:` (DESIGN.md
+section 7: 0.805 zero-shot, against 0.516 with the MeZO SST-2 prompt). Time is the loop's train_s
 (evaluation excluded). Forward passes to reach a target are read from the dev
 evaluations; finished runs are kept in --work and reused (--fresh reruns them), so a
 grid can be widened later. The target of a pair is the lower of the two best dev accuracies, so both
@@ -37,6 +39,8 @@ SST2 = common.REPO.parent / "shared" / "data" / "sst2"
 # values come from OPT-13B runs, and a full-rank step scales with the parameter count.
 GRID = {"zo-mopi": [1e-2, 5e-2], "paper-code": [1e-2], "zo-muon": [1e-2, 5e-2],
         "lozo": [1e-5], "mezo": [1e-5, 3e-5]}
+# template -> (text field, label names for SST-2's 0 / 1), in the bundle's label order
+TEMPLATES = {"sst2-plain": ("sentence", ("0", "1")), "review": ("text", ("negative", "positive"))}
 PAIRS = {"zo_muon_over_zo_mopi": ("zo-muon", "zo-mopi"), "zo_muon_over_paper_code": ("zo-muon", "paper-code"),
          "zo_muon_over_mezo": ("zo-muon", "mezo")}
 
@@ -51,9 +55,15 @@ def parse(argv):
                    help="replace a preset's learning-rate grid, e.g. mezo=1e-6,1e-5")
     p.add_argument("--dev-examples", type=int, default=500, help="dev examples scored per evaluation")
     p.add_argument("--fresh", action="store_true", help="rerun runs already finished in --work")
+    p.add_argument("--template", choices=list(TEMPLATES), default=None,
+                   help="prompt (default: review for smollm2-135m, sst2-plain otherwise)")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides",
+                   help="optimizer.KEY overrides for every preset whose config has KEY, "
+                        "e.g. one_d=sgd one_d_lr=1e-4 (train a linear head with the low-rank methods)")
     args = p.parse_args(argv)
     common.fill_shape(args)
     args.budget = args.budget or (40 if args.tiny else 1500)
+    args.template = args.template or ("review" if args.model == "smollm2-135m" and not args.tiny else "sst2-plain")
     args.grid = {k: list(v) for k, v in GRID.items()}
     for item in args.lr:
         name, _, etas = item.partition("=")
@@ -75,7 +85,8 @@ def main(argv=None) -> int:
                   f"({runs[f'{preset}@{eta:g}']['wall_s']:.0f} s)", flush=True)
     chosen = {p: max((r for r in runs.values() if r["preset"] == p), key=lambda r: (r["best_dev_acc"], r["last_dev_acc"]))
               for p in args.presets}
-    report = {"model": common.tag(args), "data": str(train.parent), "batch_size": args.batch,
+    report = {"model": common.tag(args), "data": str(train.parent), "template": args.template,
+              "optimizer_overrides": args.overrides, "batch_size": args.batch,
               "dev_examples": args.dev_examples,
               "budget_forwards": args.budget, "threads": args.threads, "rank": args.rank, **machine,
               "chosen_eta": {p: r["eta"] for p, r in chosen.items()}, "ratios": ratios(chosen),
@@ -87,9 +98,12 @@ def main(argv=None) -> int:
 
 
 def write_data(args) -> tuple[Path, Path]:
-    """train.jsonl and dev.jsonl (fields sentence, label 0/1) in the work folder."""
+    """train.jsonl and dev.jsonl in the work folder (the template's text field and label names)."""
     from edge_zo.data import mezo_split, read_rows
     folder = args.work / f"convergence-data-{'tiny' if args.tiny else 'sst2'}"
+    field, names = TEMPLATES[args.template]
+    if args.template != "sst2-plain":
+        folder = folder.with_name(f"{folder.name}-{args.template}")
     folder.mkdir(parents=True, exist_ok=True)
     if args.tiny:  # the bundled review sample: 160 rows, split 120 / 40
         rows = [r for _, r, _ in read_rows(common.REPO / "edge_zo" / "samples" / "reviews-train.jsonl")]
@@ -100,7 +114,8 @@ def write_data(args) -> tuple[Path, Path]:
         train, dev, _ = mezo_split(rows, [], n_train=1000, n_dev=500, n_test=0, seed=0)
     for name, part in (("train", train), ("dev", dev)):
         with open(folder / f"{name}.jsonl", "w") as f:
-            f.writelines(json.dumps({"sentence": r["sentence"], "label": r["label"]}) + "\n" for r in part)
+            f.writelines(json.dumps({field: r["sentence"], "label": names[int(r["label"])]}) + "\n"
+                         for r in part)
     return folder / "train.jsonl", folder / "dev.jsonl"
 
 
@@ -117,13 +132,21 @@ def run(args, preset: str, eta: float, bundle: Path, train: Path, dev: Path) -> 
     from edge_zo.metrics import MetricsLog
     from edge_zo.runconfig import RunConfig
     clock = common.Stopwatch()
-    base = RunConfig(bundle=str(bundle), data=str(train), preset=preset, optimizer={"eta": eta})
-    steps = max(2, args.budget // forwards_per_step(base.optimizer_config(read_manifest(bundle).rank)))
-    config = RunConfig(bundle=str(bundle), data=str(train), eval_data=str(dev), template="sst2-plain",
-                       preset=preset, optimizer={"eta": eta}, steps=steps, batch_size=args.batch,
+    rank = read_manifest(bundle).rank
+    extra = dict(item.partition("=")[::2] for item in args.overrides)
+    keys = RunConfig(bundle=str(bundle), data=str(train), preset=preset).optimizer_config(rank).__dataclass_fields__
+    extra = {k: v for k, v in extra.items() if k in keys}  # e.g. MeZO has no one_d: it trains the head anyway
+    base = RunConfig(bundle=str(bundle), data=str(train), preset=preset, optimizer={"eta": eta, **extra})
+    steps = max(2, args.budget // forwards_per_step(base.optimizer_config(rank)))
+    config = RunConfig(bundle=str(bundle), data=str(train), eval_data=str(dev), template=args.template,
+                       preset=preset, optimizer={"eta": eta, **extra}, steps=steps, batch_size=args.batch,
                        eval_every=max(1, steps // args.evals), eval_examples=args.dev_examples,
                        checkpoint_every=steps, threads=args.threads)
-    run_dir = args.work / "convergence-runs" / common.tag(args) / f"{preset}-{eta:g}-{steps}x{args.batch}-dev{args.dev_examples}"
+    name = f"{preset}-{eta:g}-{steps}x{args.batch}-dev{args.dev_examples}"
+    if args.template != "sst2-plain":
+        name += f"-{args.template}"
+    name += "".join(f"-{k}{v}" for k, v in sorted(extra.items()))
+    run_dir = args.work / "convergence-runs" / common.tag(args) / name
     done = run_dir / "summary.json"
     if done.is_file() and not args.fresh:  # a finished run of the same config: reuse it
         return json.loads(done.read_text())
@@ -134,10 +157,11 @@ def run(args, preset: str, eta: float, bundle: Path, train: Path, dev: Path) -> 
     records = MetricsLog(run_dir / "metrics.jsonl").read()
     evals = [{k: r[k] for k in ("step", "forward_passes", "train_s", "eval_acc")} for r in records if r["kind"] == "eval"]
     train_recs = [r for r in records if r["kind"] == "train"]
-    summary = {"preset": preset, "eta": eta, "steps": steps, "evals": evals,
+    summary = {"preset": preset, "eta": eta, "optimizer": extra, "steps": steps, "evals": evals,
             "loss": [(r["forward_passes"], r["loss"]) for r in train_recs[:: max(1, len(train_recs) // 50)]],
             "best_dev_acc": max(e["eval_acc"] for e in evals), "last_dev_acc": evals[-1]["eval_acc"],
-            "zero_shot_dev_acc": evals[0]["eval_acc"], "train_s": train_recs[-1]["train_s"],
+            "zero_shot_dev_acc": evals[0]["eval_acc"],
+            "linear_probe": next((r for r in records if r["kind"] == "linear_probe"), None), "train_s": train_recs[-1]["train_s"],
             "forward_passes": train_recs[-1]["forward_passes"], "wall_s": clock()}
     done.write_text(json.dumps(summary))
     return summary

@@ -17,6 +17,10 @@ ratio of a round compares runs seconds apart under the same load. Reported: medi
 the per-round ratios, medians of the parts, and the host overhead (step time outside
 session.run). Folds/redraws every ν steps are amortised and rarely fall in the window.
 Goal (DESIGN.md section 9): <= 1.15.
+
+Full-rank host work (drawing z, perturb, exact restore, update) runs on
+`edge_zo.rng.threads()` threads (EDGE_ZO_NOISE_THREADS, default: the usable cores),
+recorded as `noise_threads`; the draws are the same bits whatever the count.
 """
 
 from __future__ import annotations
@@ -66,7 +70,10 @@ def main(argv=None) -> int:
     spec_file.write_text(json.dumps(spec))
     export_s = clock()
     samples = common.run_child([sys.executable, __file__, "--worker", str(spec_file)])
+    from edge_zo.rng import threads as noise_threads
     report = {"model": common.tag(args), **{k: spec[k] for k in ("batch", "seq", "threads", "rounds")},
+              "command": "python benchmarks/step_cost.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "noise_threads": noise_threads(),
               "rank": args.rank, "goal": GOAL, **machine, "summary": summarize(samples),
               "samples": samples, "export_s": export_s, "wall_s": clock()}
     common.write_json(report, args.results / f"step_cost-{common.tag(args)}.json")

@@ -23,6 +23,10 @@ Graph contract (format version 1), low-rank graph (`graph == "lowrank"`):
            scores  float32 [P, B, C]     classification: label scores (log-likelihood
                                          up to a per-row constant)
                    float32 [P, B]        causal-lm: per-row sum of scored-token NLL
+           features float32 [P, B, F]    linear head only: the features the head scores
+                                         (what `finetune`'s linear probe is fitted on)
+A `dense` matrix (the linear head) has only its W input, also in a low-rank graph: it is
+perturbed and updated in full (optimizers see it as one flat vector of m·n entries).
 The full-rank graph (`graph == "fullrank"`, MeZO/LOREN) has the same inputs without A
 and D, and P = 1.
 Base weight values: `TrainedMatrix.weight_data` = {location, offset, length} locates W's
@@ -67,6 +71,7 @@ class TrainedMatrix:
     dtype: str = "float32"  # dtype of W in the graph; A and D are always float32
     inputs: dict[str, str] = field(default_factory=dict)  # role ("W", "A", "D") -> graph input
     weight_data: dict = field(default_factory=dict)  # {location, offset, length} of W's bytes
+    dense: bool = False  # W input only, even in a low-rank graph (the linear head)
 
     @property
     def stored_shape(self) -> tuple[int, int]:
@@ -93,6 +98,10 @@ class Manifest:
     # The plain inference graph `edge-zo deploy` bakes weights into; "" in older bundles.
     inference_file: str = ""
     format_version: int = FORMAT_VERSION
+
+    def trained_shapes(self) -> dict[str, tuple[int, ...]]:
+        """What the optimizers see: (m, n) per matrix, (m·n,) for a dense one (their 1-D path)."""
+        return {m.name: (m.shape[0] * m.shape[1],) if m.dense else tuple(m.shape) for m in self.matrices}
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -141,12 +150,15 @@ class Manifest:
             raise bad(f"max_seq_len must be >= 1, got {self.max_seq_len}")
         if not self.matrices:
             raise bad("no trained matrices")
-        roles = {"W", "A", "D"} if self.graph == "lowrank" else {"W"}
+        if all(mat.dense for mat in self.matrices) and self.graph == "lowrank":
+            raise bad("a low-rank graph needs at least one matrix that is not dense")
         for mat in self.matrices:
             m, n = mat.shape
+            lowrank = self.graph == "lowrank" and not mat.dense
+            roles = {"W", "A", "D"} if lowrank else {"W"}
             if m < 1 or n < 1:
                 raise bad(f"matrix {mat.name}: shape {mat.shape} must be positive")
-            if self.graph == "lowrank" and self.rank > min(m, n):
+            if lowrank and self.rank > min(m, n):
                 raise bad(f"matrix {mat.name}: rank {self.rank} exceeds min(m, n) = {min(m, n)}")
             if mat.layout not in LAYOUTS:
                 raise bad(f"matrix {mat.name}: layout {mat.layout!r} is not one of {LAYOUTS}")

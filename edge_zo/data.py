@@ -1,19 +1,22 @@
-"""Local data for fine-tuning: readers, prompt templates, MeZO-protocol sampling, batches.
+"""Local data for fine-tuning: readers, examples, MeZO-protocol sampling, batches.
 
-Rows come from JSONL, CSV or TSV files. A row becomes an `Example` through a `Template`:
-for classification, the prompt text and the index of its label among the template's label
-words (DESIGN.md section 7 lists the built-in templates the MeZO family uses); for
-causal-LM personalization, the text whose tokens are scored (all of it, or only a
-completion field after a prompt). A bad row stops the job before training with the file,
-the line number and what is wrong, unless `skip_bad` is set, in which case it is counted.
+Rows come from JSONL, CSV or TSV files. A row becomes an example through a template
+(edge_zo/templates.py: the built-ins DESIGN.md section 7 lists, or the run's own): for
+classification, an `Example` with the prompt text and the index of its label among the
+template's labels; for multiple choice (COPA), a `ChoiceExample` with the prompt, one
+continuation per candidate and the index of the right one (its batch has a row per
+candidate; edge_zo/choice.py scores them); for causal-LM personalization, the text whose
+tokens are scored (all of it, or only a completion field after a prompt). A bad row stops
+the job before training with the file, the line number and what is wrong, unless
+`skip_bad` is set, in which case it is counted.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import random
-import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +25,9 @@ from tokenizers import Tokenizer
 
 from edge_zo.bundle import TOKENIZER_NAME
 from edge_zo.errors import UserError
+# Templates are importable from here as before (edge_zo.data.TEMPLATES, Template).
+from edge_zo.templates import (TEMPLATES, ChoiceTemplate, Template, candidates, choice_prompt,  # noqa: F401
+                               field_value, fill)
 
 READERS = (".jsonl", ".csv", ".tsv")
 
@@ -31,47 +37,17 @@ class DataError(UserError):
 
 
 @dataclass(frozen=True)
-class Template:
-    """How a row becomes a prompt. `prompt` is a str.format pattern over the row's fields.
-
-    `labels` maps each label value as it appears in the data (as a string) to the word that
-    stands for it; the candidate is appended to the prompt after `separator`.
-    """
-
-    prompt: str
-    labels: dict[str, str]
-    separator: str = " "
-    capitalize: tuple[str, ...] = ()  # fields whose first letter is upper-cased
-
-    @property
-    def label_words(self) -> list[str]:
-        return [self.separator + word for word in self.labels.values()]
-
-
-# The MeZO family's prompts (DESIGN.md section 7), keyed by task name.
-TEMPLATES = {
-    "sst2": Template("{sentence} It was", {"0": "terrible", "1": "great"}),
-    "rte": Template('{premise}\nDoes this mean that "{hypothesis}" is true? Yes or No?\n',
-                    {"entailment": "Yes", "not_entailment": "No"}, separator=""),
-    "cb": Template('Suppose {premise} Can we infer that "{hypothesis}"? Yes, No, or Maybe?\n',
-                   {"entailment": "Yes", "contradiction": "No", "neutral": "Maybe"}, separator=""),
-    "boolq": Template("{passage} {question}?\n", {"true": "Yes", "false": "No"}, separator="",
-                      capitalize=("question",)),
-    # The prompt that suits small instruction-tuned models (0.805 zero-shot for SmolLM2 on SST-2).
-    "review": Template("Review: {text}\nSentiment:", {"negative": "negative", "positive": "positive"}),
-    # The bare text, for a sentence-embedding head (MiniLM's label-embedding), which compares
-    # the text's embedding with the label words' own: a prompt around the text only blurs
-    # it (MiniLM zero-shot on the review sample: 0.66 bare, 0.53 with the review prompt).
-    "review-plain": Template("{text}", {"negative": "negative", "positive": "positive"}),
-    "sst2-plain": Template("{sentence}", {"0": "negative", "1": "positive"}),
-}
-
-
-@dataclass(frozen=True)
 class Example:
     prompt: str
     label: int  # index into the template's labels; -1 for causal-LM text
     completion: str = ""  # causal-LM: the scored part; empty means the whole prompt is scored
+
+
+@dataclass(frozen=True)
+class ChoiceExample:
+    prompt: str
+    candidates: tuple[str, ...]  # each scored as a continuation of the prompt
+    label: int  # index of the right candidate
 
 
 @dataclass
@@ -110,10 +86,21 @@ def load_classification(path: str | Path, template: Template, skip_bad: bool = F
     label_index = {label: i for i, label in enumerate(template.labels)}
 
     def convert(row: dict) -> Example:
-        label = _field(row, "label")
+        label = field_value(row, "label")
         if label not in label_index:
             raise ValueError(f"label {label!r} is not one of {list(template.labels)}")
-        return Example(_fill(template, row), label_index[label])
+        return Example(fill(template, row), label_index[label])
+
+    return _load(path, convert, skip_bad)
+
+
+def load_choice(path: str | Path, template: ChoiceTemplate, skip_bad: bool = False) -> Dataset:
+    """Rows with the template's fields and a `label` field (the right candidate's index)."""
+    def convert(row: dict) -> ChoiceExample:
+        label = field_value(row, "label")
+        if label not in [str(i) for i in range(len(template.choices))]:
+            raise ValueError(f"label {label!r} is not a candidate index 0..{len(template.choices) - 1}")
+        return ChoiceExample(choice_prompt(template, row), candidates(template, row), int(label))
 
     return _load(path, convert, skip_bad)
 
@@ -122,8 +109,8 @@ def load_text(path: str | Path, text_field: str = "text", prompt_field: str | No
               skip_bad: bool = False) -> Dataset:
     """Causal-LM rows: score all of `text_field`, or only it after `prompt_field`."""
     def convert(row: dict) -> Example:
-        scored = _field(row, text_field)
-        prompt = _field(row, prompt_field) if prompt_field else ""
+        scored = field_value(row, text_field)
+        prompt = field_value(row, prompt_field) if prompt_field else ""
         return Example(prompt, -1, scored) if prompt_field else Example(scored, -1)
 
     return _load(path, convert, skip_bad)
@@ -145,28 +132,6 @@ def _load(path, convert, skip_bad: bool) -> Dataset:
     if not dataset.examples:
         raise DataError(f"{path}: no usable rows ({len(dataset.skipped)} skipped)")
     return dataset
-
-
-def _field(row: dict, name: str) -> str:
-    if name not in row or row[name] is None:
-        raise ValueError(f"missing field {name!r} (fields: {sorted(row)})")
-    value = row[name]
-    # JSON booleans (BoolQ) are labels too; written the way the data files write them.
-    value = str(value).lower() if isinstance(value, bool) else str(value)
-    if not value.strip():
-        raise ValueError(f"field {name!r} is empty")
-    return value
-
-
-def _fill(template: Template, row: dict) -> str:
-    values = {name: _field(row, name) for name in _placeholders(template.prompt)}
-    for name in template.capitalize:
-        values[name] = values[name][:1].upper() + values[name][1:]
-    return template.prompt.format(**values)
-
-
-def _placeholders(pattern: str) -> list[str]:
-    return [name for _, name, _, _ in string.Formatter().parse(pattern) if name]
 
 
 def mezo_split(train: list, validation: list, n_train: int = 1000, n_dev: int = 500,
@@ -195,11 +160,23 @@ class Batch:
     attention_mask: np.ndarray  # int64 [B, T]
     labels: np.ndarray  # int64 [B] (classification) or all -1
     loss_mask: np.ndarray  # float32 [B, T]: 1 where the token is scored (causal LM)
+    choice: ChoiceLayout | None = None  # multiple choice: which rows belong to which example
+
+
+@dataclass(frozen=True)
+class ChoiceLayout:
+    """A multiple-choice batch's rows are its examples' candidates, example after example."""
+
+    sizes: tuple[int, ...]  # candidates of each example
+    labels: np.ndarray  # int64 [examples]: index of the right candidate within its example
 
 
 def make_batch(examples: list[Example], tokenizer, max_seq_len: int, pad_id: int) -> Batch:
     """Tokenize and right-pad. Prompts too long are cut from the left: the end of a prompt
-    ("It was", "Sentiment:") is where the label is read, so it must survive."""
+    ("It was", "Sentiment:") is where the label is read, so it must survive.
+    Multiple-choice examples become a row per candidate (`make_choice_batch`)."""
+    if examples and isinstance(examples[0], ChoiceExample):
+        return make_choice_batch(examples, tokenizer, max_seq_len, pad_id)
     rows, scored = [], []
     for ex in examples:
         prompt_ids = tokenizer.encode(ex.prompt).ids if ex.prompt else []
@@ -219,3 +196,11 @@ def make_batch(examples: list[Example], tokenizer, max_seq_len: int, pad_id: int
         loss_mask[i, max(1, len(ids) - n_scored):len(ids)] = 1
     labels = np.array([ex.label for ex in examples], dtype=np.int64)
     return Batch(input_ids, mask, labels, loss_mask)
+
+
+def make_choice_batch(examples: list[ChoiceExample], tokenizer, max_seq_len: int, pad_id: int) -> Batch:
+    """One causal-LM row per candidate (the prompt unscored, the candidate scored)."""
+    rows = [Example(ex.prompt, -1, candidate) for ex in examples for candidate in ex.candidates]
+    layout = ChoiceLayout(tuple(len(ex.candidates) for ex in examples),
+                          np.array([ex.label for ex in examples], dtype=np.int64))
+    return dataclasses.replace(make_batch(rows, tokenizer, max_seq_len, pad_id), choice=layout)

@@ -104,34 +104,49 @@ def perturb(w: np.ndarray, d: np.ndarray):
     """(fl(W + d), record) such that `restore(fl(W + d), d, record)` is W bit for bit.
 
     record = (k, where, values): k int8 per element is bits(W) - bits(fl(fl(W+d) - d)),
-    the bit patterns read as integers (wrapping); where k does not fit in int8 (or the
-    modular sum would not give W back: signed zeros, |W| << |d|, overflow to inf) the
-    element is kept verbatim as (int32 index, value). Exact by construction: restore
-    recomputes the same fl(W1 - d) (elementwise IEEE ops are deterministic) and the
-    encoder checks every element it does not store verbatim.
-    Memory: 1 byte per perturbed element (1/4 of fp32 W) + 8 bytes per verbatim element
-    (a few in 10^4 for Gaussian weights perturbed at mu = 1e-3, see the tests), plus three
-    one-matrix temporaries while a matrix is processed.
+    the bit patterns read as integers (wrapping); where k does not fit in int8 (signed
+    zeros, |W| << |d|, overflow to inf) the element is kept verbatim as (int32 index,
+    value). Exact by construction: restore recomputes the same fl(W1 - d) (elementwise
+    IEEE ops are deterministic), and fl(W1 - d) + k is W modulo 2^bits exactly when k
+    fits in int8. Memory: 1 byte per perturbed element (1/4 of fp32 W) + 8 bytes per
+    verbatim element (a few in 10^4 for Gaussian weights perturbed at mu = 1e-3, see the
+    tests). `perturb_inplace` is the same on a block of the bound W, without temporaries.
     """
+    w1 = w.copy()
+    small = np.empty(w.shape, np.int8)
+    where, values = perturb_inplace(w1, d, small, np.empty_like(w), np.empty_like(w))
+    return w1, (small, where, values)
+
+
+def perturb_inplace(w: np.ndarray, d: np.ndarray, small: np.ndarray, s1: np.ndarray,
+                    s2: np.ndarray, start: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """w <- fl(w + d) in place, small <- k (int8, w's shape), returns the verbatim
+    (where + start, values); s1, s2 are scratch of w's shape and dtype. See `perturb`."""
     bits = _BITS[w.dtype.itemsize]
-    w1 = w + d
-    wr = w1 - d
-    k = w.view(bits) - wr.view(bits)
-    small = k.astype(np.int8)
-    del k
-    exact = (wr.view(bits) + small) == w.view(bits)
-    where = np.flatnonzero(~exact).astype(np.int32)
-    return w1, (small, where, w.reshape(-1)[where].copy())
+    w1 = np.add(w, d, out=s1)  # fl(W + d)
+    wr = np.subtract(w1, d, out=s2)  # fl(fl(W + d) - d): what restore will compute
+    k = np.subtract(w.view(bits), wr.view(bits), out=wr.view(bits))  # wraps, as restore's add
+    np.copyto(small, k, casting="unsafe")  # low 8 bits
+    where = np.flatnonzero(k != small)  # k does not fit in int8: keep W verbatim there
+    values = w.reshape(-1)[where]  # a copy (fancy indexing), taken before w is overwritten
+    np.copyto(w, w1)
+    return (where + start).astype(np.int32), values
 
 
 def restore(w1: np.ndarray, d: np.ndarray, record) -> np.ndarray:
-    small, where, values = record
-    bits = _BITS[w1.dtype.itemsize]
-    w = (w1 - d).view(bits)
-    w += small  # wraps modulo 2^bits, as in `perturb`
-    w = w.view(w1.dtype)
-    w.reshape(-1)[where] = values
+    w = w1.copy()
+    restore_inplace(w, d, *record)
     return w
+
+
+def restore_inplace(w: np.ndarray, d: np.ndarray, small: np.ndarray, where: np.ndarray,
+                    values: np.ndarray, start: int = 0) -> None:
+    """w <- W, the weights `perturb_inplace` saw (where: flat indices into this block + start)."""
+    bits = _BITS[w.dtype.itemsize]
+    np.subtract(w, d, out=w)
+    np.add(w.view(bits), small, out=w.view(bits))  # wraps modulo 2^bits, as in `perturb`
+    if where.size:
+        w.reshape(-1)[where - start] = values
 
 
 def record_nbytes(record) -> int:

@@ -95,7 +95,7 @@ def expected_inputs(manifest: Manifest) -> dict[str, tuple[str, list]]:
     for mat in manifest.matrices:
         m, n = mat.shape
         expected[mat.inputs["W"]] = (mat.dtype, list(mat.stored_shape))
-        if manifest.graph == "lowrank":
+        if "A" in mat.inputs:  # a low-rank graph's matrices, except a dense head
             expected[mat.inputs["A"]] = ("float32", [m, manifest.rank])
             expected[mat.inputs["D"]] = ("float32", [None, manifest.rank, n])
     return expected
@@ -122,7 +122,7 @@ def check_graph(session, manifest: Manifest, model_path: Path) -> int | None:
             raise BundleError(f"{model_path}: the graph has no output {name!r} (it has {sorted(outputs)})")
     if manifest.graph != "lowrank":
         return None
-    fixed = {actual[m.inputs["D"]][1][0] for m in manifest.matrices} - {None}
+    fixed = {actual[m.inputs["D"]][1][0] for m in manifest.matrices if "D" in m.inputs} - {None}
     fixed = {p for p in fixed if isinstance(p, int)}
     if len(fixed) > 1 or (fixed and fixed != {manifest.probe_slots}):
         raise BundleError(f"{model_path}: D inputs have probe axis {sorted(fixed)}, "

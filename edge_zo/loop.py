@@ -17,12 +17,13 @@ import numpy as np
 import psutil
 from tqdm import tqdm
 
-from edge_zo import checkpoint, runconfig
+from edge_zo import checkpoint, choice, linear_probe, runconfig
 from edge_zo.bundle import read_manifest
 from edge_zo.errors import UserError
 from edge_zo.memory.guard import Budget, MemoryBudgetExceeded, MemoryGuard
-from edge_zo.data import (TEMPLATES, Batch, DataError, Template, load_classification, load_text,
+from edge_zo.data import (Batch, ChoiceTemplate, Template, load_choice, load_classification, load_text,
                           load_tokenizer, make_batch)
+from edge_zo.templates import explicit_words, fit_template
 from edge_zo.metrics import Clock, MetricsLog, plot
 from edge_zo.optim import optimizer_for
 from edge_zo.rng import Key
@@ -58,13 +59,24 @@ def finetune(config: RunConfig, run_dir: Path, resume: bool = False, budget: Bud
     progress = {"step": 0, "forward_passes": 0, "train_s": 0.0, "eval_s": 0.0, "best": -np.inf}
 
     # ---- a fresh run records its config; a resumed one restores and replays ---------
+    restored = False
     if resume:
-        state = restore(run_dir, runtime, config, state, progress)
-        state = replay(journal, runtime, opt, state, root, progress)
-        metrics.truncate_after(progress["step"])
+        state, restored = restore(run_dir, runtime, config, state, progress)
     else:
         runconfig.save(config, run_dir)
     clock = Clock(progress["train_s"], progress["eval_s"])
+    # ---- LP-then-ZO: a new head is fitted first, and kept by a step-0 checkpoint ------
+    if not restored and wants_linear_probe(config, manifest):
+        record = linear_probe.fit_head(runtime, train, tokenizer, manifest, config.batch_size, config.seed)
+        progress["forward_passes"] += record["forward_passes"]
+        clock.tick()
+        snapshot(run_dir / "checkpoints", 0, runtime, state, progress, clock)
+        metrics.write({**record, "step": 0, "train_s": clock.train_s})
+        tqdm.write(f"linear probe: train accuracy {record['train_acc']:.3f} (cross-validated "
+                   f"{record['cv_acc']:.3f}, l2 {record['l2']:g}) in {record['seconds']:.1f} s")
+    if resume:
+        state = replay(journal, runtime, opt, state, root, progress)
+        metrics.truncate_after(progress["step"])
 
     def evaluate_and_keep_best(step: int) -> dict:
         with clock.evaluating():
@@ -94,7 +106,7 @@ def finetune(config: RunConfig, run_dir: Path, resume: bool = False, budget: Bud
         # ---- one step: batch, probes, update; the journal line makes it count -------
         batch = batches.at(t)
         runtime.set_batch(batch.input_ids, batch.attention_mask, batch.labels, batch.loss_mask)
-        state, info = opt.step(state, runtime, root.child("step", t))
+        state, info = opt.step(state, choice.oracle_for(runtime, batch), root.child("step", t))
         journal.append({"step": t, "losses": info.losses.tolist()})
         progress["forward_passes"] += info.forward_passes
         clock.tick()
@@ -118,21 +130,25 @@ def finetune(config: RunConfig, run_dir: Path, resume: bool = False, budget: Bud
     return last
 
 
+def wants_linear_probe(config: RunConfig, manifest) -> bool:
+    """linear_probe=auto fits a head when the bundle has one; on insists; off never."""
+    if config.linear_probe == "on" and linear_probe.dense_head(manifest) is None:
+        raise UserError(f"linear_probe=on but {config.bundle} has no linear head: re-export it with "
+                        "--head linear (an encoder) or pass linear_probe=off")
+    return config.linear_probe != "off" and linear_probe.dense_head(manifest) is not None
+
+
 # ---- data ------------------------------------------------------------------------------
 
-def template_for(config: RunConfig, manifest) -> Template | None:
-    if manifest.task != "classification":
-        return None
-    if config.template not in TEMPLATES:
-        raise DataError(f"template {config.template!r} is not one of {', '.join(TEMPLATES)}")
-    template = TEMPLATES[config.template]
-    if len(template.labels) != len(manifest.label_words):
-        raise DataError(f"template {config.template!r} has {len(template.labels)} labels but the "
-                        f"bundle was exported with label words {manifest.label_words}")
-    return template
+def template_for(config: RunConfig, manifest) -> Template | ChoiceTemplate | None:
+    """The run's template, checked against the bundle's task; None: causal-LM text."""
+    return fit_template(config.prompt_template(), manifest, config.template or "your template",
+                        explicit_words(config.template_labels) if config.template_prompt else None)
 
 
 def load_examples(config: RunConfig, path: str, manifest, template) -> list:
+    if isinstance(template, ChoiceTemplate):
+        return load_choice(path, template, config.skip_bad).examples
     if template is not None:
         return load_classification(path, template, config.skip_bad).examples
     return load_text(path, config.text_field, config.prompt_field or None, config.skip_bad).examples
@@ -160,6 +176,8 @@ def evaluate(runtime: Runtime, state, examples, tokenizer, manifest, batch_size:
     if not examples:
         return {}
     C = bind_pending(runtime, state)
+    if choice.is_choice(examples):  # multiple choice: accuracy over each example's candidates
+        return choice.evaluate_choice(runtime, C, examples, tokenizer, manifest, batch_size)
     correct, nll, tokens = 0, 0.0, 0.0
     for start in range(0, len(examples), batch_size):
         batch = make_batch(examples[start:start + batch_size], tokenizer,
@@ -200,14 +218,15 @@ def load_snapshot(ckpt: checkpoint.Checkpoint, runtime: Runtime, config: RunConf
 
 
 def restore(run_dir: Path, runtime: Runtime, config: RunConfig, state, progress: dict):
+    """(state, whether a checkpoint was found) from the newest intact checkpoint."""
     ckpt = checkpoint.load_latest(run_dir / "checkpoints")
     best = checkpoint.load_latest(run_dir / "best")
     if best is not None:
         progress["best"] = best.meta["best"]
     if ckpt is None:
-        return state  # killed before the first checkpoint: replay from the start
+        return state, False  # killed before the first checkpoint: replay from the start
     progress.update({k: ckpt.meta[k] for k in ("step", "forward_passes", "train_s", "eval_s")})
-    return load_snapshot(ckpt, runtime, config)
+    return load_snapshot(ckpt, runtime, config), True
 
 
 class ReplayOracle:

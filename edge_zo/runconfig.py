@@ -20,10 +20,12 @@ if sys.version_info >= (3, 11):
 else:
     import tomli as tomllib
 
+from edge_zo import rng
 from edge_zo.checkpoint import atomic_write
 from edge_zo.optim import build_config
 from edge_zo.optim.base import ConfigError
 from edge_zo.optim.configs import make_config, opt, parse_overrides, require
+from edge_zo.templates import TEMPLATES, user_template
 
 CONFIG_NAME = "config.json"
 
@@ -36,7 +38,16 @@ class RunConfig:
     bundle: str = opt("", "bundle folder written by `edge-zo export`")
     data: str = opt("", "training data: .jsonl, .csv or .tsv")
     eval_data: str = opt("", "held-out data scored every eval_every steps (empty: none)")
-    template: str = opt("review", "prompt template for classification: a built-in name (edge_zo.data.TEMPLATES)")
+    template: str = opt("", "prompt template: a built-in name (edge_zo.templates.TEMPLATES: sst2, rte, cb, boolq, "
+                        "copa, review, ...) or your own's name (template_prompt); empty: review for a "
+                        "classification bundle, plain text (text_field) for a causal-lm one")
+    template_prompt: str = opt("", "your own template: a pattern over the row's fields, e.g. "
+                               "'Review: {text}\\nSentiment:' (newlines: write it in the --config file)")
+    template_labels: tuple[str, ...] = opt((), "your own classification template: the label values in the order "
+                                           "of the bundle's label words, each VALUE or VALUE=WORD")
+    template_choices: tuple[str, ...] = opt((), "your own multiple-choice template (causal-lm bundle): the candidate "
+                                            "fields, e.g. choice1,choice2; the row's label is the right one's index")
+    template_separator: str = opt(" ", "your own template: text between the prompt and a label word or candidate")
     text_field: str = opt("text", "causal-lm: the field whose tokens are scored")
     prompt_field: str = opt("", "causal-lm: a field prepended unscored (empty: score the whole text)")
     skip_bad: bool = opt(False, "skip and count bad data rows instead of stopping at the first one")
@@ -51,6 +62,8 @@ class RunConfig:
     provider: str = opt("cpu", "execution provider: cpu or cuda (falls back to cpu with a warning)")
     threads: int = opt(0, "intra-op threads (0: physical cores)")
     probe_slots: int = opt(1, "probes evaluated per forward call (at most the bundle's)")
+    linear_probe: str = opt("auto", "fit a linear head on the training set before the ZO steps (LP-then-ZO): "
+                            "auto (when the bundle has one: export --head linear) | on | off")
 
     def __post_init__(self):
         require(bool(self.bundle), "no bundle: pass --bundle DIR (a folder made by `edge-zo export`)")
@@ -60,6 +73,27 @@ class RunConfig:
         for key in ("eval_every", "eval_examples", "checkpoint_every", "threads"):
             require(getattr(self, key) >= 0, f"{key}={getattr(self, key)} must be >= 0")
         require(self.provider in ("cpu", "cuda"), f"provider={self.provider!r} must be cpu or cuda")
+        require(self.linear_probe in ("auto", "on", "off"),
+                f"linear_probe={self.linear_probe!r} must be auto, on or off")
+        self.prompt_template()  # a bad template stops the run here, before anything loads
+
+    def prompt_template(self):
+        """The run's template: your own (template_prompt), a built-in by name, or None for
+        the bundle's default (edge_zo.templates.fit_template checks it against the bundle)."""
+        if not self.template_prompt:
+            require(not (self.template_labels or self.template_choices),
+                    "template_labels / template_choices describe your own template: set template_prompt too")
+            require(not self.template or self.template in TEMPLATES,
+                    f"template={self.template!r} is not one of {', '.join(TEMPLATES)}; to write your own, set "
+                    "template_prompt and template_labels or template_choices (docs/data.md)")
+            return TEMPLATES.get(self.template)
+        require(self.template not in TEMPLATES,
+                f"template={self.template!r} is a built-in, but template_prompt sets your own: drop one of them")
+        try:
+            return user_template(self.template_prompt, self.template_labels, self.template_choices,
+                                 self.template_separator)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
 
     def optimizer_config(self, bundle_rank: int = 0):
         """The optimizer's config: the preset, with `optimizer.` overrides (checked there).
@@ -95,6 +129,9 @@ def resolve(file: str | None, options: dict[str, Any], overrides: list[str]) -> 
             raise ConfigError(f"{file}: not valid TOML ({err})") from None
     values.update({k: v for k, v in options.items() if v is not None})
     values.update(parse_overrides(overrides))
+    dotted = sorted(k for k in values if "." in k and not k.startswith("optimizer."))
+    require(not dotted, f"'{dotted[0] if dotted else ''}': only optimizer.KEY is dotted ([optimizer] is the "
+            'only table); a list is a list, e.g. template_labels = ["negative", "positive"]')
     optimizer = {k.split(".", 1)[1]: v for k, v in values.items() if k.startswith("optimizer.")}
     values = {k: v for k, v in values.items() if not k.startswith("optimizer.")}
     config = dataclasses.replace(make_config(RunConfig, values), optimizer=optimizer)
@@ -114,14 +151,22 @@ def _flatten(table: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def save(config: RunConfig, run_dir: Path) -> None:
-    text = json.dumps(dataclasses.asdict(config), indent=2) + "\n"
-    atomic_write(run_dir / CONFIG_NAME, text.encode())
+    values = {**dataclasses.asdict(config), "noise_stream": rng.STREAM_VERSION}
+    atomic_write(run_dir / CONFIG_NAME, (json.dumps(values, indent=2) + "\n").encode())
 
 
-def load(run_dir: Path) -> RunConfig:
+def load(run_dir: Path, resuming: bool = False) -> RunConfig:
+    """A run's config; `resuming` also insists the run draws the noise this edge-zo draws
+    (evaluating or deploying its weights does not need that)."""
     path = run_dir / CONFIG_NAME
     if not path.is_file():
         raise ConfigError(f"{path}: missing; is {run_dir} a run folder made by `edge-zo finetune`?")
     values = json.loads(path.read_text())
+    # A run's random draws are only reproducible under the noise layout it started with.
+    stream = values.pop("noise_stream", 1)
+    if resuming and stream != rng.STREAM_VERSION:
+        raise ConfigError(f"{run_dir} was started by an edge-zo that draws noise stream {stream}; this one "
+                          f"draws stream {rng.STREAM_VERSION}, so a resume would not repeat the run: "
+                          "start a new run, or resume with the edge-zo version that started it")
     optimizer = values.pop("optimizer", {})
     return dataclasses.replace(make_config(RunConfig, values), optimizer=optimizer)

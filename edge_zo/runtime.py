@@ -9,6 +9,9 @@ optimizer). It owns the bound buffers:
 Probes are duck-typed: low-rank ones have `.sketch_id` and `.D` (name -> r x n,
 effective X = W + A D); full-rank ones have `.key`, `.scale`, `.names` (effective
 X = W + scale z(key, name)). Up to `probe_slots` low-rank probes share one `run()`.
+A dense matrix (manifest `dense`, the linear head) has no A and D: the optimizers see it
+as a flat vector of m·n entries (`shapes`), perturbed by a low-rank probe's `.noise` (one
+probe per run) or a full-rank probe, and updated by `add_noise` / `add`.
 Matrices are m x n, out x in (manifest `shape`); buffers keep the graph's stored layout.
 The controller's numpy must run single-threaded BLAS (OPENBLAS_NUM_THREADS=1, set by the
 `edge-zo` entry point before numpy loads): idle OpenBLAS threads steal ORT's cores
@@ -24,15 +27,16 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from edge_zo import fold, loading, rng
+from edge_zo import fold, loading, noise, rng
 from edge_zo.bundle import BundleError, read_manifest
 from edge_zo.errors import UserError
 from edge_zo.providers import Buffer, SlotBuffer, open_session, place
 
 
-def _noise(key, name: str, shape: tuple[int, int]) -> np.ndarray:
-    """z for tensor `name` of a full-rank probe (edge_zo.rng: regenerated, never stored)."""
-    return rng.tensor_noise(key, name, shape)
+def _noise(key, name: str) -> bytes:
+    """The stream of z for tensor `name` of a full-rank probe (edge_zo.rng: regenerated, never
+    stored; edge_zo.noise applies it block by block)."""
+    return rng.noise_stream(key, name)
 
 
 class Runtime:
@@ -83,8 +87,9 @@ class Runtime:
             self.binding.bind_ortvalue_input(self.matrices[name].inputs["W"], buf.value)
         self.A: dict[str, Buffer] = {}
         self.D: dict[str, SlotBuffer] = {}
-        if self.lowrank:
-            for name, (m, n) in self.shapes.items():
+        for name, mat in self.matrices.items():
+            if "D" in mat.inputs:
+                (m, n) = mat.shape
                 self.A[name] = Buffer(np.zeros((m, r), np.float32), dev, dev_id, counter=self.bytes_written)
                 self.binding.bind_ortvalue_input(self.matrices[name].inputs["A"], self.A[name].value)
                 self.D[name] = SlotBuffer((self.manifest.probe_slots, r, n), dev, dev_id, self.bytes_written)
@@ -98,8 +103,9 @@ class Runtime:
         return self.manifest.graph == "lowrank"
 
     @property
-    def shapes(self) -> dict[str, tuple[int, int]]:
-        return {name: tuple(m.shape) for name, m in self.matrices.items()}
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """(m, n) per trained matrix; (m·n,) for a dense one (the optimizers' 1-D path)."""
+        return self.manifest.trained_shapes()
 
     def set_probe_slots(self, slots: int) -> None:
         """Probes per run(); the memory guard lowers it near the cap (same math)."""
@@ -148,18 +154,33 @@ class Runtime:
 
     def losses(self, probes) -> np.ndarray:
         """One fp32 loss per probe, all on the current batch."""
+        return self._evaluate(probes, "loss")
+
+    def probe_scores(self, probes) -> np.ndarray:
+        """Each probe's per-row scores on the current batch, by the same forwards as
+        `losses`: [len(probes), B] summed NLL of each row's scored tokens (causal-lm;
+        [.., B, C] label scores for classification). Multiple choice (edge_zo/choice.py)
+        computes its loss over candidates from these."""
+        return self._evaluate(probes, "scores")
+
+    def _evaluate(self, probes, output: str) -> np.ndarray:
+        """`output` of each probe: low-rank probes share runs, `probe_slots` at a time; one
+        that moves W itself (full-rank, or with `.noise` on a dense tensor) runs alone."""
         if self._batch is None:
-            raise UserError("losses() before set_batch(): bind a batch first")
-        out = np.empty(len(probes), np.float32)
-        low = [i for i, p in enumerate(probes) if hasattr(p, "D")]
-        for start in range(0, len(low), self.probe_slots):
-            chunk = low[start:start + self.probe_slots]
-            self._write_slots([probes[i].D for i in chunk], [probes[i].sketch_id for i in chunk])
-            out[chunk] = self._run(len(chunk))[:len(chunk)]
-        for i, probe in enumerate(probes):
-            if not hasattr(probe, "D"):
-                out[i] = self._fullrank_loss(probe)
-        return out
+            raise UserError(f"{output} of probes before set_batch(): bind a batch first")
+        low = [i for i, p in enumerate(probes) if _shares_runs(p)]
+        groups = [low[s:s + self.probe_slots] for s in range(0, len(low), self.probe_slots)]
+        out = None
+        for group in groups + [[i] for i in sorted(set(range(len(probes))) - set(low))]:
+            if group[0] in low:
+                self._write_slots([probes[i].D for i in group], [probes[i].sketch_id for i in group])
+                values = self._run(len(group), outputs=("loss", output))[-1]
+            else:
+                values = self._fullrank_run(probes[group[0]], output)
+            if out is None:
+                out = np.empty((len(probes), *values.shape[1:]), np.float32)
+            out[group] = values[:len(group)]
+        return out if out is not None else np.empty(0, np.float32)
 
     def _write_slots(self, Ds: list, sketch_ids: list) -> None:
         """D of probe j into slot j of every matrix (zeros for a matrix a probe leaves out)."""
@@ -182,27 +203,21 @@ class Runtime:
                     self.binding.bind_ortvalue_input(self.matrices[name].inputs["D"], slots.value(p))
                 self._bound_slots = p
         self.binding.clear_binding_outputs()
-        for name in outputs:
+        for name in dict.fromkeys(outputs):  # ("loss", "loss") binds one output
             self.binding.bind_output(name, "cpu")
         start = time.perf_counter()
         self.session.run_with_iobinding(self.binding)
         self.run_seconds += time.perf_counter() - start
-        values = [v.numpy() for v in self.binding.get_outputs()]
-        return values[0] if len(outputs) == 1 else values
+        values = dict(zip(dict.fromkeys(outputs), (v.numpy() for v in self.binding.get_outputs())))
+        return values[outputs[0]] if len(outputs) == 1 else [values[name] for name in outputs]
 
     # ---- full-rank -----------------------------------------------------------------
-    def _stored_noise(self, key, name: str, scale: float, offset=None) -> np.ndarray:
-        """scale (z(key, name) + offset) in W's stored layout and dtype (z is drawn m x n;
-        `offset`, LOREN's anisotropic shift, is an n-vector added to every row)."""
-        z = _noise(key, name, self.matrices[name].shape)
-        if offset is not None:
-            z += _shaped(f"offset[{name}]", offset, z.shape[1:])
-        return self._stored(name, np.multiply(z, np.float32(scale), dtype=np.float32))
-
-    def _stored(self, name: str, d: np.ndarray) -> np.ndarray:
-        """An m x n (out x in) array in W's stored layout and dtype."""
+    def _stored_noise(self, name: str, offset=None) -> tuple:
+        """(target, offset) for edge_zo.noise: W, z's shape (`shapes`), the stored layout;
+        `offset`, LOREN's anisotropic shift, is a last-dimension vector added to every row."""
         mat = self.matrices[name]
-        return (d if mat.layout == "out_in" else d.T).astype(mat.dtype, copy=False)
+        offset = None if offset is None else _shaped(f"offset[{name}]", offset, self.shapes[name][-1:])
+        return noise.Target(self.W[name], self.shapes[name], tuple(mat.shape), mat.layout), offset
 
     def _names(self, names) -> list[str]:
         names = list(self.matrices) if names is None else list(names)
@@ -211,40 +226,39 @@ class Runtime:
             raise ValueError(f"unknown trained matrices {unknown}")
         return names
 
-    def _fullrank_loss(self, probe) -> np.float32:
-        """Perturb W in place, run, restore W bit for bit (fold.perturb: 1 byte/element)."""
-        if self.lowrank:
-            self._write_slots([None], [self.sketch_id])  # D = 0: full-rank methods keep C = 0
-        records, names = {}, self._names(probe.names)
+    def _fullrank_run(self, probe, output: str) -> np.ndarray:
+        """Perturb W in place, run, restore W bit for bit (fold.perturb: 1 byte/element);
+        returns `output` with its probe axis of 1.
+
+        `probe` is a full-rank probe, or a low-rank one with `.noise` (its D goes in slot 0).
+        """
+        if self.lowrank:  # D = 0 for a full-rank probe: full-rank methods keep C = 0
+            self._write_slots([getattr(probe, "D", None)], [getattr(probe, "sketch_id", self.sketch_id)])
+            probe = getattr(probe, "noise", probe)
+        names = self._names(probe.names)
         offsets = getattr(probe, "offset", None) or {}
         if set(offsets) - set(names):
             raise ValueError(f"offsets for {sorted(set(offsets) - set(names))}, which the probe does not perturb")
+        pairs = [self._stored_noise(name, offsets.get(name)) for name in names]
+        args = ([t for t, _ in pairs], [_noise(probe.key, name) for name in names], probe.scale, [o for _, o in pairs])
+        # in place, all tensors' blocks on all cores (edge_zo/noise.py); W is untouched if it fails
+        records = noise.perturb(*args)
         try:
-            for name in names:
-                d = self._stored_noise(probe.key, name, probe.scale, offsets.get(name))
-                w1, records[name] = fold.perturb(self.W[name].read(), d)
-                self.W[name].write(w1)
-                del w1, d
-            return self._run(1)[0]
+            return self._run(1, outputs=("loss", output))[-1][:1]
         finally:
-            for name, record in records.items():
-                d = self._stored_noise(probe.key, name, probe.scale, offsets.get(name))
-                self.W[name].write(fold.restore(self.W[name].read(), d, record))
+            noise.restore(*args, records)
 
     def add_noise(self, key, alpha: float, names=None) -> None:
         """W <- W + alpha z(key, name): the MeZO update (g folded into alpha by the caller)."""
-        for name in self._names(names):
-            w = self.W[name].read()
-            self.W[name].write(w + self._stored_noise(key, name, alpha))
+        names = self._names(names)
+        noise.add_noise([self._stored_noise(n)[0] for n in names], [_noise(key, n) for n in names], alpha)
 
     def add(self, delta: dict[str, np.ndarray]) -> None:
-        """W <- W + delta (m x n, or an n-vector added to every row): LOREN's update."""
+        """W <- W + delta (`shapes[name]`, or a last-dimension vector added to every row): LOREN's update."""
         for name in self._names(delta):
-            m, n = self.shapes[name]
+            shape = self.shapes[name]
             d = np.asarray(delta[name], dtype=np.float32)
-            d = np.broadcast_to(_shaped(f"delta[{name}]", d, (n,)) if d.ndim == 1 else
-                                _shaped(f"delta[{name}]", d, (m, n)), (m, n))
-            self.W[name].write(self.W[name].read() + self._stored(name, d))
+            noise.add(self._stored_noise(name)[0], _shaped(f"delta[{name}]", d, shape[-1:] if d.ndim == 1 else shape))
 
     # ---- weights -------------------------------------------------------------------
     def fold(self, C: dict[str, np.ndarray]) -> None:
@@ -262,11 +276,22 @@ class Runtime:
 
         Classification: [B, num labels]; causal-lm: [B] summed NLL of the scored tokens.
         """
+        return self._read("scores", C)
+
+    def features(self, C: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        """[B, F] features the linear head scores (bundles exported with --head linear)."""
+        if "features" not in {o.name for o in self.session.get_outputs()}:
+            raise UserError(f"{self.bundle_dir}: the graph has no features output; "
+                            "a linear probe needs a bundle exported with --head linear")
+        return self._read("features", C)
+
+    def _read(self, output: str, C) -> np.ndarray:
+        """Probe slot 0 of `output` at the current weights (+ A C when C is given)."""
         if self._batch is None:
-            raise UserError("scores() before set_batch(): bind a batch first")
+            raise UserError(f"{output}() before set_batch(): bind a batch first")
         if self.lowrank:
             self._write_slots([C], [self.sketch_id])
-        return self._run(1, outputs=("loss", "scores"))[1][0]
+        return self._run(1, outputs=("loss", output))[1][0]
 
     def export_weights(self, copy: bool = True) -> dict[str, np.ndarray]:
         """Current W per matrix name, in the graph's stored layout (checkpoint, deploy).
@@ -292,6 +317,11 @@ class Runtime:
 
 
 # ---- input checks ------------------------------------------------------------------
+
+def _shares_runs(probe) -> bool:
+    """Low-rank probes share runs; one that also moves dense W (`.noise`) runs alone."""
+    return hasattr(probe, "D") and getattr(probe, "noise", None) is None
+
 
 def _require_lowrank(rt: Runtime, what: str) -> None:
     if not rt.lowrank:

@@ -69,7 +69,7 @@ def perturbed(model, manifest: Manifest, A: dict, D: dict):
     """A copy of `model` whose trained weights are W + A·D (in each layer's stored layout)."""
     twin = copy.deepcopy(model)
     with torch.no_grad():
-        for mat in manifest.matrices:
+        for mat in (mat for mat in manifest.matrices if mat.name in A):
             delta = torch.from_numpy(A[mat.name] @ D[mat.name])  # m x n
             weight = twin.get_parameter(mat.name)
             weight += (delta if mat.layout == "out_in" else delta.t()).to(weight.dtype)
@@ -94,7 +94,7 @@ def run_bundle(bundle: Path, manifest: Manifest, batch: dict, A: dict | None = N
     feed = {k: v.numpy() for k, v in batch.items()}
     for mat in manifest.matrices:
         feed[mat.inputs["W"]] = read_weight(bundle, mat)
-        if manifest.graph == "lowrank":
+        if "A" in mat.inputs:
             m, n = mat.shape
             feed[mat.inputs["A"]] = A[mat.name] if A else np.zeros((m, manifest.rank), np.float32)
             feed[mat.inputs["D"]] = D[mat.name] if D else np.zeros((1, manifest.rank, n), np.float32)

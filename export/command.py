@@ -36,11 +36,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--label-words", nargs="+", default=[], metavar="WORD",
         help="classification: one word per class, in label order; with a language model each "
              "must be one token, leading space included (e.g. ' terrible' ' great')")
-    add("--head", choices=["auto", "label-words", "label-embedding", "classifier"], default="auto",
-        help="classification scores: label-word logits of the LM head, cosine similarity of "
-             "the sentence embedding to each label word's (encoders such as MiniLM), or a "
+    add("--head", choices=["auto", "label-words", "linear", "label-embedding", "classifier"], default="auto",
+        help="classification scores: label-word logits of the LM head; for encoders such as "
+             "MiniLM, a trainable linear head on the sentence embedding (linear: starts as "
+             "label-embedding, fitted by the linear probe of `finetune`) or the fixed cosine "
+             "similarity to each label word's embedding (label-embedding); or a "
              "sequence-classification head (auto: the folder's classifier, else label words "
-             "on a language model, else label-embedding on an encoder)")
+             "on a language model, else linear on an encoder)")
     add("--graph", choices=["lowrank", "fullrank"], default="lowrank",
         help="lowrank: inputs W, A, D per matrix (ZO-MOPI, ZO-Muon, LOZO); fullrank: W only (MeZO, LOREN)")
     add("--force", action="store_true", help="replace --out if it exists (once the new bundle is complete)")

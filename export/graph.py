@@ -76,7 +76,7 @@ def export_graph(core: TrainingGraph, task: str, lifted: list[LiftedInput], path
         program = torch.onnx.export(
             wrapper, args, dynamo=True, verbose=False, opset_version=opset, dynamic_shapes=shapes,
             input_names=["input_ids", "attention_mask", target, *[i.name for i in lifted]],
-            output_names=["loss", "scores"], optimize=True)
+            output_names=core.outputs, optimize=True)
     program.model.ir_version = IR_FOR_OPSET[opset]
     program.save(str(path), external_data=True)
     data = data_path(path)

@@ -1,6 +1,6 @@
 """Loss and scores of the training graph, computed only where the loss needs logits.
 
-Four heads (docs/export.md, "Scores"):
+Five heads (docs/export.md, "Scores"):
 - `classifier`: a sequence-classification model; scores = the head's logits [P, B, C].
 - `label-words`: a causal LM scoring label words; the last non-pad hidden state times the
   label tokens' rows of the LM head, [P, B, C]. Cross-entropy over candidates does not
@@ -8,6 +8,11 @@ Four heads (docs/export.md, "Scores"):
 - `label-embedding`: a sentence-embedding encoder (MiniLM) scoring label words zero-shot:
   scale * cos(mean-pooled last hidden state, e_c), where e_c is label word c's own pooled
   embedding, computed by the same model at export time and stored as a constant.
+- `linear`: the same features made trainable for the LP-then-ZO recipe: scores =
+  [unit(mean-pooled last hidden state), 1] · Hᵀ with H [C, hidden + 1] a dense trained
+  matrix (`linear_head.weight`, bias in its last column), initialised to
+  [scale · e_c, 0] so that it scores exactly like `label-embedding` before it is fitted.
+  The graph also outputs the features [P, B, hidden + 1] the linear probe is fitted on.
 - `causal-lm`: mean NLL of the tokens where loss_mask is 1, each predicted from the
   position before it; logits only at those positions (NonZero + Gather).
 The token batch is tiled P times (probe-major) so probe p runs with D[p] (lowrank.py).
@@ -20,7 +25,8 @@ from torch import nn
 
 from export.lowrank import probe_slots
 
-HEADS = ("classifier", "label-words", "label-embedding", "causal-lm")
+HEADS = ("classifier", "label-words", "label-embedding", "linear", "causal-lm")
+LINEAR_HEAD = "linear_head"  # the dense head module the linear head adds to the encoder
 # sentence-transformers' MultipleNegativesRankingLoss multiplies cosine similarities by 20
 # (its `scale` default) before cross-entropy, the objective all-MiniLM-L6-v2 was trained
 # with: cosines in [-1, 1] would otherwise make a nearly flat softmax over the labels.
@@ -38,11 +44,17 @@ class TrainingGraph(nn.Module):
             raise ValueError(f"unknown head {head!r}")
         if head == "label-embedding" and label_embeddings is None:
             raise ValueError("the label-embedding head needs label_embeddings [C, H]")
+        if head == "linear" and not hasattr(model, LINEAR_HEAD):
+            raise ValueError(f"the linear head needs model.{LINEAR_HEAD} (add_linear_head)")
         self.model, self.head, self.trained_modules = model, head, list(trained_modules)
         ids = torch.tensor(label_token_ids or [], dtype=torch.long)
         self.register_buffer("label_token_ids", ids, persistent=False)
         # A constant of the graph (unit rows, fp32), not a trained or lifted tensor.
         self.register_buffer("label_embeddings", label_embeddings, persistent=False)
+
+    @property
+    def outputs(self) -> list[str]:
+        return ["loss", "scores", "features"] if self.head == "linear" else ["loss", "scores"]
 
     def forward(self, input_ids, attention_mask, target):
         probes = probe_slots(self.model, self.trained_modules)
@@ -54,6 +66,11 @@ class TrainingGraph(nn.Module):
         elif self.head == "label-embedding":
             pooled = unit(mean_pool(self._hidden(ids, mask), mask))
             logits = EMBEDDING_SCALE * pooled @ self.label_embeddings.t()
+        elif self.head == "linear":
+            features = linear_features(self._hidden(ids, mask), mask)
+            scores = getattr(self.model, LINEAR_HEAD)(features).reshape(probes, input_ids.shape[0], -1)
+            return (candidate_cross_entropy(scores, target), scores,
+                    features.reshape(probes, input_ids.shape[0], -1))
         else:
             logits = self._label_word_logits(ids, mask)
         scores = logits.float().reshape(probes, input_ids.shape[0], -1)
@@ -94,6 +111,24 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     weights = mask.to(torch.float32)[:, :, None]
     total = (hidden.float() * weights).sum(dim=1)
     return total / torch.clamp(weights.sum(dim=1), min=1e-9)
+
+
+def linear_features(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[unit(mean-pooled hidden), 1]: the linear head's features, bias column last."""
+    pooled = unit(mean_pool(hidden, mask))
+    return torch.cat([pooled, torch.ones_like(pooled[:, :1])], dim=1)
+
+
+def add_linear_head(encoder: nn.Module, embeddings: torch.Tensor) -> str:
+    """Give `encoder` the dense head H = [scale · e_c, 0] (C x hidden + 1) the linear head
+    trains; returns its parameter name. Before a fit it scores like label-embedding."""
+    classes, hidden = embeddings.shape
+    layer = nn.Linear(hidden + 1, classes, bias=False, dtype=embeddings.dtype)
+    with torch.no_grad():
+        layer.weight.zero_()
+        layer.weight[:, :hidden] = EMBEDDING_SCALE * embeddings
+    encoder.add_module(LINEAR_HEAD, layer)
+    return f"{LINEAR_HEAD}.weight"
 
 
 def unit(x: torch.Tensor) -> torch.Tensor:

@@ -50,9 +50,9 @@ class _Scores(nn.Module):
             target, tensors = rest[0], rest[1:]
         else:
             target, tensors = torch.zeros_like(input_ids[:, 0]), rest
-        _, scores = torch.func.functional_call(self.core, dict(zip(self.keys, tensors)),
-                                               (input_ids, attention_mask, target), strict=False)
-        return scores[0]
+        outputs = torch.func.functional_call(self.core, dict(zip(self.keys, tensors)),
+                                             (input_ids, attention_mask, target), strict=False)
+        return outputs[1][0]  # (loss, scores[, features]): scores of slot 0
 
 
 def write_inference(core: TrainingGraph, task: str, weights: dict[str, torch.Tensor],

@@ -27,6 +27,7 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 MODEL_FILE = "model.onnx"
 DEFAULT_SEQ_LEN = 512
 MIN_SEQ_LEN = 16  # above the traced length, 11
+ENCODER_HEADS = ("linear", "label-embedding")  # heads for a bare sentence-embedding encoder
 
 
 @dataclass
@@ -54,10 +55,16 @@ class Prepared:
     source: models.Source
     model: torch.nn.Module
     head: str
-    targets: list[str]  # parameter names
+    targets: list[str]  # parameter names, the dense ones (`dense`) last
     tokenizer_file: Path
     labels: vocab.Labels
-    label_embeddings: torch.Tensor | None = None  # label-embedding head: [C, H] unit rows
+    label_embeddings: torch.Tensor | None = None  # label-embedding, linear heads: [C, H] unit rows
+    dense: list[str] = field(default_factory=list)  # trained with a W input only (linear head)
+
+    @property
+    def lowrank_modules(self) -> list[str]:
+        """The layers that take A and D in a low-rank graph."""
+        return [name.rsplit(".", 1)[0] for name in self.targets if name not in self.dense]
 
     def core(self, modules: list[str]) -> TrainingGraph:
         return TrainingGraph(self.model, self.head, modules, self.labels.token_ids,
@@ -109,7 +116,7 @@ def prepare(opts: ExportOptions) -> Prepared:
     tokenizer_file, tokenizer = vocab.load_tokenizer(source.folder)
     labels = vocab.labels_for(opts, head, tokenizer, source.config)
     embeddings = None
-    if head == "label-embedding":
+    if head in ENCODER_HEADS:
         model = load_encoder(source, DTYPES[opts.dtype], labels.pad_token_id)
         embeddings = heads.label_embeddings(model, tokenizer, labels.words)
     else:
@@ -118,25 +125,29 @@ def prepare(opts: ExportOptions) -> Prepared:
     targets = models.select_targets(eligible, opts.targets or list(source.arch.default_targets))
     if opts.graph == "lowrank":
         models.check_rank(eligible, targets, opts.rank)
-    return Prepared(source, model, head, targets, tokenizer_file, labels, embeddings)
+    # Added after target selection: the head is always trained, and never low-rank (a C x H
+    # matrix with C = 2 labels has no rank-r perturbation for any useful r).
+    dense = [heads.add_linear_head(model, embeddings)] if head == "linear" else []
+    return Prepared(source, model, head, targets + dense, tokenizer_file, labels, embeddings, dense)
 
 
 def choose_head(source: models.Source, task: str, head: str) -> str:
-    """models.choose_head, plus `label-embedding`: the auto choice for an encoder without a
-    trained classification head (MiniLM), where a fresh classifier would score at random."""
-    auto_embedding = head == "auto" and task == "classification" and not source.arch.causal \
+    """models.choose_head, plus the encoder heads `linear` (the auto choice for an encoder
+    without a trained classification head, such as MiniLM, where a fresh classifier would
+    score at random) and `label-embedding` (the same scores, nothing to fit)."""
+    auto_encoder = head == "auto" and task == "classification" and not source.arch.causal \
         and not models._is_sequence_classifier(source.config)
-    if head != "label-embedding" and not auto_embedding:
+    if head not in ENCODER_HEADS and not auto_encoder:
         return models.choose_head(source, task, head)
     if task != "classification" or source.arch.causal:
-        raise UserError(f"--head label-embedding needs --task classification on a sentence-"
+        raise UserError(f"--head {head} needs --task classification on a sentence-"
                         f"embedding encoder (BERT / MiniLM), not {source.model_type}; "
                         f"use --head label-words on a language model")
-    return "label-embedding"
+    return "linear" if head == "auto" else head
 
 
 def load_encoder(source: models.Source, dtype: torch.dtype, pad_token_id: int) -> torch.nn.Module:
-    """The bare encoder (no head) for the label-embedding head."""
+    """The bare encoder (no head) for the encoder heads."""
     from transformers import AutoModel
     model = AutoModel.from_pretrained(source.folder, dtype=dtype, attn_implementation="eager")
     model.config.pad_token_id = pad_token_id
@@ -176,7 +187,7 @@ def write_bundle(prep: Prepared, opts: ExportOptions, folder: Path) -> Manifest:
 
 
 def _reference(prep: Prepared, batch: dict) -> tuple:
-    if prep.head == "label-embedding":
+    if prep.head in ENCODER_HEADS:  # a linear head starts as the label-embedding scores
         return heads.label_embedding_reference(prep.model, prep.label_embeddings, batch)
     return checks.reference(prep.model, prep.head, prep.labels.token_ids, batch)
 
@@ -200,7 +211,7 @@ def trace_batch(prep: Prepared, opts: ExportOptions) -> dict:
 
 
 def build_graph(prep: Prepared, opts: ExportOptions) -> tuple[TrainingGraph, list[LiftedInput]]:
-    modules = [name.rsplit(".", 1)[0] for name in prep.targets]
+    modules = prep.lowrank_modules
     lowrank = opts.graph == "lowrank"
     if lowrank:
         inject(prep.model, modules, opts.rank)
@@ -208,15 +219,20 @@ def build_graph(prep: Prepared, opts: ExportOptions) -> tuple[TrainingGraph, lis
     probes = torch.export.Dim("probes", min=1)
     lifted = []
     for name in prep.targets:
-        roles = LOWRANK_ROLES if lowrank else FULLRANK_ROLES
+        roles = matrix_roles(prep, opts, name)
         layer = prep.model.get_submodule(name.rsplit(".", 1)[0])
         examples = {"W": layer.weight.detach()}
-        if lowrank:
+        if "A" in roles:
             examples.update(A=layer.A, D=torch.zeros(3, *layer.D.shape[1:]))
         names, keys = graph_input_names(name, roles), functional_keys(name, roles)
         lifted += [LiftedInput(names[r], f"model.{keys[r]}", examples[r],
                                {0: probes} if r == "D" else {}) for r in roles]
     return core, lifted
+
+
+def matrix_roles(prep: Prepared, opts: ExportOptions, name: str) -> tuple[str, ...]:
+    """Graph inputs of one trained matrix: W, A, D in a low-rank graph; W alone when dense."""
+    return LOWRANK_ROLES if opts.graph == "lowrank" and name not in prep.dense else FULLRANK_ROLES
 
 
 def _dims(opts: ExportOptions) -> dict:
@@ -227,14 +243,14 @@ def _dims(opts: ExportOptions) -> dict:
 def make_manifest(prep: Prepared, opts: ExportOptions, weights: dict, records: list[dict],
                   inference_file: str = "") -> Manifest:
     lowrank = opts.graph == "lowrank"
-    roles = LOWRANK_ROLES if lowrank else FULLRANK_ROLES
     matrices = []
     for name, record in zip(prep.targets, records):
         layer = prep.model.get_submodule(name.rsplit(".", 1)[0])
         matrices.append(TrainedMatrix(
             name=name, shape=matrix_shape(layer), layout=layout_of(layer),
             dtype=str(weights[name].dtype).removeprefix("torch."),
-            inputs=graph_input_names(name, roles), weight_data=record))
+            inputs=graph_input_names(name, matrix_roles(prep, opts, name)), weight_data=record,
+            dense=name in prep.dense))
     return Manifest(
         task=opts.task, graph=opts.graph, rank=opts.rank if lowrank else 0,
         probe_slots=opts.probe_slots if lowrank else 1, max_seq_len=opts.max_seq_len,

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 
-from edge_zo.data import (TEMPLATES, DataError, Example, Template, load_classification,
+from edge_zo.data import (TEMPLATES, ChoiceTemplate, DataError, Example, Template, load_classification,
                           load_text, make_batch, mezo_split)
+from edge_zo.errors import UserError
+from edge_zo.optim.base import ConfigError
+from edge_zo.runconfig import load, resolve, save
+from edge_zo.templates import explicit_words, fit_template, user_template
+from runtime.fixtures import build
 
 REVIEW = TEMPLATES["review"]
 
@@ -122,3 +130,83 @@ def test_shared_datasets_load_with_their_templates(shared_data, task, file, rows
 def test_template_label_words_follow_the_separator():
     t = Template("{x}", {"a": "Yes", "b": "No"}, separator="")
     assert t.label_words == ["Yes", "No"]
+
+
+# ---- a template written in the run's config ---------------------------------------------
+
+def test_a_user_template_from_a_config_file_round_trips(tmp_path):
+    toml = tmp_path / "run.toml"
+    toml.write_text('bundle = "b"\ndata = "d.jsonl"\ntemplate = "mine"\n'
+                    'template_prompt = "Opinion: {text}\\nVerdict:"\n'
+                    'template_labels = ["negative=bad", "positive=good"]\n')
+    config = resolve(str(toml), {}, [])
+    assert config.prompt_template() == Template("Opinion: {text}\nVerdict:", {"negative": "bad", "positive": "good"})
+    save(config, tmp_path)
+    assert load(tmp_path) == config  # what --resume reads back
+
+
+def test_a_user_template_from_overrides():
+    base = {"bundle": "b", "data": "d.jsonl"}
+    labels = resolve(None, base, ["template_prompt={text} =>", "template_labels=negative,positive",
+                                  "template_separator="])
+    assert labels.prompt_template() == Template("{text} =>", {"negative": "negative", "positive": "positive"}, "")
+    choices = resolve(None, base, ["template_prompt=Q: {q}", "template_choices=a, b, c"])
+    assert choices.prompt_template() == ChoiceTemplate("Q: {q}", ("a", "b", "c"))
+    assert resolve(None, base, []).prompt_template() is None  # the bundle's default
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["template_prompt=no fields", "template_labels=a,b"], "has no {field} placeholder"),
+    (["template_prompt={text", "template_labels=a,b"], "is not a valid pattern"),
+    (["template_prompt={0}", "template_labels=a,b"], "each placeholder must name a field"),
+    (["template_prompt={text}"], "needs exactly one of template_labels"),
+    (["template_prompt={text}", "template_labels=a", "template_choices=c,d"], "needs exactly one of"),
+    (["template_prompt={text}", "template_labels=a,a"], "label values must be distinct"),
+    (["template=sst2", "template_prompt={text}", "template_labels=a,b"], "'sst2' is a built-in, but template_prompt"),
+    (["template_labels=a,b"], "set template_prompt too"),
+    (["template=mine"], "template='mine' is not one of sst2, rte, cb, boolq, copa"),
+    (["template_labels.negative=bad"], "'template_labels.negative': only optimizer.KEY is dotted"),
+])
+def test_a_bad_user_template_is_refused_with_the_fix(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        resolve(None, {"bundle": "b", "data": "d.jsonl"}, overrides)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+BUNDLE = SimpleNamespace(task="classification", label_words=[" bad", " good"])
+
+
+def test_a_user_template_must_fit_the_bundles_label_words():
+    three = user_template("{text}", ("a", "b", "c"))
+    with pytest.raises(UserError, match=r"has 3 labels but the bundle was exported with label words \[' bad', ' good'\]"):
+        fit_template(three, BUNDLE, "mine")
+    swapped = ("negative=good", "positive=bad")
+    with pytest.raises(UserError, match="gives label 0 the word 'good', but the bundle's label word 0 is ' bad'"):
+        fit_template(user_template("{text}", swapped), BUNDLE, "mine", explicit_words(swapped))
+    right = ("negative=bad", "positive")
+    assert fit_template(user_template("{text}", right), BUNDLE, "mine", explicit_words(right)).labels == \
+        {"negative": "bad", "positive": "positive"}
+
+
+def test_a_row_without_a_user_templates_field_is_a_bad_row(tmp_path):
+    path = write(tmp_path / "d.jsonl", ['{"review": "good", "label": "positive"}', '{"text": "bad", "label": "negative"}'])
+    with pytest.raises(DataError) as err:
+        load_classification(path, user_template("Review: {review}", ("negative", "positive")))
+    assert f"{path}, line 2: missing field 'review'" in str(err.value)
+
+
+def test_finetune_with_a_user_template_saves_and_resumes_it(tmp_path):
+    build(tmp_path / "bundle", max_seq_len=16)
+    rows = [{"text": f"it was {w}", "label": "positive" if w == "good" else "negative"} for w in ["good", "bad"] * 8]
+    write(tmp_path / "d.jsonl", [json.dumps(r) for r in rows])
+    (tmp_path / "run.toml").write_text(
+        f'bundle = "{tmp_path / "bundle"}"\ndata = "{tmp_path / "d.jsonl"}"\nsteps = 3\nbatch_size = 4\n'
+        'template = "mine"\ntemplate_prompt = "{text} =>"\ntemplate_labels = ["negative=bad", "positive=good"]\n')
+    cli = [sys.executable, "-m", "edge_zo.cli", "finetune"]
+    run = subprocess.run(cli + ["--config", str(tmp_path / "run.toml"), "--out", str(tmp_path / "run")],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["template_prompt"] == "{text} =>" and saved["template_labels"] == ["negative=bad", "positive=good"]
+    resumed = subprocess.run(cli + ["--resume", str(tmp_path / "run")], capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr

@@ -46,16 +46,18 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 @pytest.fixture(scope="module")
 def job(tmp_path_factory):
-    """A tiny MiniLM-like encoder exported with the label-embedding head, fine-tuned 6 steps."""
+    """A tiny MiniLM-like encoder exported with the linear head (dense, not low-rank),
+    linear-probed, then fine-tuned 6 steps with the head trained too."""
     root = tmp_path_factory.mktemp("deploy")
     folder = tiny.build("bert", root / "model")
     assert main(["export", str(folder), "--task", "classification", "--label-words", "terrible",
-                 "great", "--head", "label-embedding", "--rank", "2", "--out", str(root / "bundle")]) == 0
+                 "great", "--head", "linear", "--rank", "2", "--out", str(root / "bundle")]) == 0
     data = write_jsonl(root / "reviews.jsonl", [{"text": t, "label": y} for t, y in REVIEWS * 3])
     assert main(["finetune", "--bundle", str(root / "bundle"), "--data", str(data),
                  "--eval-data", str(data), "--out", str(root / "run"), "template=review-plain",
                  "steps=6", "batch_size=4", "eval_every=3", "checkpoint_every=3",
-                 "optimizer.eta=0.5", "optimizer.nu=4"]) == 0  # nu < steps: a fold happened
+                 "optimizer.eta=0.5", "optimizer.nu=4",  # nu < steps: a fold happened
+                 "optimizer.one_d=sgd", "optimizer.one_d_lr=0.05"]) == 0
     return root
 
 

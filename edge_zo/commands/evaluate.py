@@ -18,7 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", metavar="FILE", required=True, help="labelled data: .jsonl, .csv or .tsv")
     parser.add_argument("--weights", choices=("best", "last"), default="best",
                         help="which of the run's weights: best on dev, or the last checkpoint")
-    parser.add_argument("--template", help="prompt template (default: the run's, else review)")
+    parser.add_argument("--template", help="built-in prompt template, e.g. sst2, copa (default: the run's, "
+                        "else review for a classification bundle)")
     parser.add_argument("--batch-size", type=int, default=16, help="examples per forward pass")
     parser.add_argument("--provider", choices=("cpu", "cuda"), default="cpu", help="execution provider")
 
@@ -33,9 +34,10 @@ def run(args: argparse.Namespace) -> int:
     bundle = args.bundle or (config.bundle if config else None)
     if not bundle:
         raise UserError("no bundle: pass --bundle DIR or --run RUN")
-    given = {"bundle": bundle, "data": args.data, "template": args.template}
-    config = (dataclasses.replace(config, **{k: v for k, v in given.items() if v})
-              if config else runconfig.resolve(None, given, []))
+    given = {k: v for k, v in {"bundle": bundle, "data": args.data, "template": args.template}.items() if v}
+    if args.template:  # a named built-in replaces the run's own template
+        given.update(template_prompt="", template_labels=(), template_choices=())
+    config = dataclasses.replace(config, **given) if config else runconfig.resolve(None, given, [])
     manifest = read_manifest(bundle)
     runtime = Runtime(bundle, provider=args.provider)
     state = None

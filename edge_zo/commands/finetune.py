@@ -21,7 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--optimizer", "--preset", dest="preset", metavar="NAME",
                         help="optimizer or preset: zo-mopi, paper-code, zo-muon, lozo, lozo-m, mezo, loren "
                              "(default zo-mopi)")
-    parser.add_argument("--template", help="prompt template for classification data (default review)")
+    parser.add_argument("--template", help="built-in prompt template: sst2, rte, cb, boolq, review, copa (multiple "
+                        "choice, causal-lm bundle); default review for classification; your own: template_prompt=...")
     parser.add_argument("--steps", type=int, help="optimizer steps (default 500)")
     parser.add_argument("--batch-size", type=int, help="examples per step (default 16)")
     parser.add_argument("--provider", choices=("cpu", "cuda"), help="execution provider (default cpu)")
@@ -50,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
             raise UserError("--resume RUN continues a run with its saved config; give no other options "
                             "(--profile and --memory-budget excepted)")
         run_dir = Path(args.resume)
-        config = runconfig.load(run_dir)
+        config = runconfig.load(run_dir, resuming=True)
     else:
         if not args.out:
             raise UserError("no run folder: pass --out RUN (or --resume RUN to continue one)")

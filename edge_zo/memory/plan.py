@@ -168,7 +168,7 @@ def optimizer_mib(manifest, opt_config) -> float:
     from edge_zo.optim import optimizer_for
     from edge_zo.rng import Key
 
-    shapes = {m.name: tuple(m.shape) for m in manifest.matrices}
+    shapes = manifest.trained_shapes()
     opt = optimizer_for(opt_config)
     if opt.memory_bytes is not None:  # a formula: no need to allocate (LOREN's full momentum)
         state_bytes = opt.memory_bytes(shapes, opt_config)
@@ -176,7 +176,7 @@ def optimizer_mib(manifest, opt_config) -> float:
         state = opt.init(shapes, opt_config, Key.root(0).child("init"))
         state_bytes = sum(a.nbytes for a in state.to_arrays().values())
     probes = 2 * getattr(opt_config, "k", 0) + 1 if manifest.graph == "lowrank" else 0
-    probe_bytes = probes * manifest.rank * sum(n for _, n in shapes.values()) * 4
+    probe_bytes = probes * manifest.rank * sum(s[1] for s in shapes.values() if len(s) == 2) * 4
     return (state_bytes + probe_bytes) / MiB
 
 
@@ -284,7 +284,9 @@ def plan_job(config, budget_mib: float | None, threads: int | None = None) -> Pl
     `threads`: the runtime's intra-op threads when the config leaves them open (a profile's)."""
     manifest = read_manifest(config.bundle)
     opt_config = config.optimizer_config(manifest.rank)
-    shape = Shape(config.probe_slots, config.batch_size, manifest.max_seq_len)
+    # A multiple-choice example is one row per candidate (COPA: 2 rows an example).
+    rows = config.batch_size * len(getattr(config.prompt_template(), "choices", ("one row",)))
+    shape = Shape(config.probe_slots, rows, manifest.max_seq_len)
     cal = calibrate(config.bundle, shape, config.provider, config.threads or threads, config.preset,
                     config.optimizer)
     return make_plan(cal, manifest, shape, budget_mib, optimizer_mib(manifest, opt_config),

@@ -23,8 +23,9 @@ offset is added to every row of u_k, so the runtime evaluates θ + μ z_k with n
 Oracle.add, one tensor at a time.
 
 Memory (float32): the state is a (n per block) and M (m·n per matrix: full size, as the
-code), see `memory_bytes`; a step also holds K·Σn offset floats and, while it updates one
-tensor, that tensor's u_k, M and Σ_k M_k (three copies of the largest tensor).
+code), see `memory_bytes`; a step also holds 2K·Σn floats (offsets and row sums of u_k) and,
+while it updates one tensor, that tensor's new M and Σ_k M_k (two copies of the largest
+tensor) plus one rng.BLOCK of u_k per thread (`_momentum_sum`).
 
 Differences from the code, on purpose: a is held fixed through a step (the code rebuilds
 z_k in its update loop with an a already moved by earlier probes, so that z_k is not the
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 from dataclasses import dataclass
 from typing import ClassVar, Mapping
 
@@ -46,7 +48,7 @@ from edge_zo.optim.base import DivergedError, NoiseProbe, State, StepInfo, guard
 from edge_zo.optim.configs import CommonConfig, opt, require
 from edge_zo.optim.estimate import probe_key, select
 from edge_zo.optim.schedule import eta_at
-from edge_zo.rng import Key, normal, tensor_noise
+from edge_zo.rng import BLOCK, Key, add_rows, fill_block, n_blocks, noise_stream, normal, parallel
 
 
 @dataclass(frozen=True)
@@ -154,41 +156,105 @@ def precond_term(a, u_rows, dot, w_k, mu, m, q, s, damping) -> np.ndarray:
     return w_k * mu * mu / s * c
 
 
-def heavy_ball(M: np.ndarray | None, g: np.ndarray, beta: float) -> np.ndarray:
-    """One sub-step of momentum; M = None (1-D tensors) keeps none."""
-    # M ← β M + g
-    return g if M is None else np.float32(beta) * M + g
-
-
 # ------------------------------------------------------------------------ the step
 
 
 def _probe_geometry(state: LorenState, blocks, keys) -> dict[str, tuple]:
-    """Per block (m, q, s, α_k and âᵀu_k for k = 1..K), regenerating u_k one tensor at a time."""
+    """Per block (m, q, s, α_k, âᵀu_k, Σ_rows u_k for k = 1..K), regenerating u_k piece by
+    piece (the row sums are kept, n floats per probe, so the update need not sum again)."""
+    sums = {n: [] for n in blocks}
+    for key_k in keys:
+        for n, r in _row_sums(key_k, blocks).items():
+            sums[n].append(r)
     out = {}
     for n, shape in blocks.items():
         a, m = state.a[n], rows(shape)
         q, s = geometry(a, m, state.config.damping)
-        dots = [float(np.dot(a, row_sum(tensor_noise(k, n, shape)))) for k in keys]
-        out[n] = (m, q, s, [shrink(d, q, s, state.config.damping) for d in dots], dots)
+        dots = [float(np.dot(a, r)) for r in sums[n]]
+        out[n] = (m, q, s, [shrink(d, q, s, state.config.damping) for d in dots], dots, sums[n])
+    return out
+
+
+def _row_sums(key_k: Key, blocks) -> dict[str, np.ndarray]:
+    """Σ_rows u_k (float64, length n) of every block: the pieces of all tensors on all cores,
+    each piece's partial sums added in piece order (the same whatever the thread count)."""
+    tasks = [(n, b) for n, shape in blocks.items() for b in range(n_blocks(math.prod(shape)))]
+    parts = {}
+
+    def piece(task):
+        n, b = task
+        size, cols = math.prod(blocks[n]), blocks[n][-1]
+        lo, hi = b * BLOCK, min((b + 1) * BLOCK, size)
+        z = _piece_scratch(hi - lo)
+        fill_block(noise_stream(key_k, n), b, z)
+        parts[task] = _partial_row_sum(z, lo, cols)
+
+    parallel(piece, tasks)
+    return {n: np.sum([parts[t] for t in tasks if t[0] == n], axis=0) for n in blocks}
+
+
+def _partial_row_sum(z: np.ndarray, start: int, n: int) -> np.ndarray:
+    """Σ over rows of the flat elements [start, start + len(z)) of a tensor with rows of n."""
+    out, c = np.zeros(n, np.float64), start % n
+    head = min((n - c) % n, z.size)  # the rest of the row the piece starts inside
+    out[c:c + head] += z[:head]
+    rows_in = (z.size - head) // n
+    out += z[head:head + rows_in * n].reshape(rows_in, n).sum(axis=0, dtype=np.float64)
+    rest = z.size - head - rows_in * n
+    out[:rest] += z[z.size - rest:]
     return out
 
 
 def _update_block(n, shape, a, M, keys, geo, w, cfg: LorenConfig):
     """One block's K sub-steps -> (Σ_k M_k, M after them or None, new a)."""
-    m, q, s, alphas, dots = geo
-    delta = np.zeros(shape, np.float32)
+    m, q, s, alphas, dots, sums = geo
     grad_a = np.zeros(a.shape, np.float64)
-    for k, key_k in enumerate(keys):
-        u = tensor_noise(key_k, n, shape)
-        # z_k = u_k − α_k â  (the same float32 operations as the probe)
-        z = u + probe_offset(a, alphas[k])
-        M_k = heavy_ball(M, np.float32(w[k] / cfg.mu) * z, cfg.beta)
-        delta += M_k
-        M = None if M is None else M_k
-        grad_a += precond_term(a, row_sum(u), dots[k], w[k], cfg.mu, m, q, s, cfg.damping)
+    for k in range(len(keys)):
+        grad_a += precond_term(a, sums[k], dots[k], w[k], cfg.mu, m, q, s, cfg.damping)
+    delta, M = _momentum_sum(n, shape, a, M, keys, alphas, w, cfg)
     # a ← a − η_a Σ_k (term_k)
     return delta, M, (a - cfg.eta_cov * grad_a).astype(np.float32)
+
+
+def _momentum_sum(n, shape, a, M, keys, alphas, w, cfg: LorenConfig):
+    """(Σ_k M_k, M_K) of the K heavy-ball sub-steps (M None: 1-D, Σ_k g_k and None).
+
+    Piece by piece (rng.BLOCK elements of the flat tensor, on all cores): each piece of
+    u_k is drawn where its pieces of M and of the sum sit in cache, instead of K sweeps
+    over whole-tensor temporaries. Per element the float32 operations are the ones of
+    the released code's heavy ball on z_k = u_k + offset_k: g = (w_k/μ) z_k;  M ← β M + g;
+    Σ ← Σ + M (1-D tensors keep no M: Σ ← Σ + g).
+    """
+    size = math.prod(shape)
+    delta = np.zeros(size, np.float32)
+    M_new = None if M is None else np.array(M, np.float32).reshape(-1)
+    streams = [noise_stream(key_k, n) for key_k in keys]
+    offsets = [probe_offset(a, alpha) for alpha in alphas]
+
+    def piece(b):
+        lo, hi = b * BLOCK, min((b + 1) * BLOCK, size)
+        z, out, acc = _piece_scratch(hi - lo), delta[lo:hi], None if M_new is None else M_new[lo:hi]
+        for k, stream in enumerate(streams):
+            fill_block(stream, b, z)
+            add_rows(z, offsets[k], lo)  # z_k = u_k − α_k â (the same float32 operations as the probe)
+            np.multiply(z, np.float32(w[k] / cfg.mu), out=z)  # g_k = (w_k/μ) z_k
+            if acc is not None:  # M ← β M + g_k
+                np.multiply(acc, np.float32(cfg.beta), out=acc)
+                np.add(acc, z, out=acc)
+            np.add(out, z if acc is None else acc, out=out)  # Σ ← Σ + M_k
+
+    parallel(piece, range(n_blocks(size)))
+    return delta.reshape(shape), None if M_new is None else M_new.reshape(shape)
+
+
+_local = threading.local()
+
+
+def _piece_scratch(size: int) -> np.ndarray:
+    """This thread's float32 block for u_k (rng.BLOCK elements, reused)."""
+    if getattr(_local, "z", None) is None:
+        _local.z = np.empty(BLOCK, np.float32)
+    return _local.z[:size]
 
 
 def step(state: LorenState, oracle, key: Key) -> tuple[LorenState, StepInfo]:

@@ -115,12 +115,13 @@ def test_label_embedding_head_with_random_A_D(embedding_bundle, tiny_folder):
     assert np.abs(scores[0] - run_inference(folder, manifest, batch)).max() > 1e-3  # A·D mattered
 
 
-def test_auto_head_is_label_embedding_only_for_a_bare_encoder(tiny_folder):
+def test_auto_head_is_linear_only_for_a_bare_encoder(tiny_folder):
     bert = models.resolve(str(tiny_folder("bert")))  # a BertForSequenceClassification folder
     assert pipeline.choose_head(bert, "classification", "auto") == "classifier"
     config = type(bert.config).from_dict({**bert.config.to_dict(), "architectures": ["BertModel"]})
     bare = dataclasses.replace(bert, config=config)  # what MiniLM's folder says
-    assert pipeline.choose_head(bare, "classification", "auto") == "label-embedding"
+    assert pipeline.choose_head(bare, "classification", "auto") == "linear"
+    assert pipeline.choose_head(bare, "classification", "label-embedding") == "label-embedding"
     assert pipeline.choose_head(bare, "classification", "classifier") == "classifier"
     llama = models.resolve(str(tiny_folder("llama")))
     assert pipeline.choose_head(llama, "classification", "auto") == "label-words"

@@ -15,7 +15,7 @@ import pytest
 from edge_zo.optim import OPTIMIZERS, ConfigError, DivergedError, build_config, loren
 from edge_zo.optim.base import state_bytes
 from edge_zo.optim.estimate import probe_key
-from edge_zo.rng import Key, normal, tensor_noise
+from edge_zo.rng import BLOCK, Key, normal, tensor_noise
 from tests.optim.problems import ill_conditioned_quadratic, least_squares
 from tests.optim.test_conformance import run
 
@@ -105,6 +105,32 @@ def test_one_step_matches_the_released_code_order_of_operations():
     assert np.allclose(new.M["W"], want_M["W"], rtol=1e-5, atol=1e-5) and set(new.M) == {"W"}
     assert info.forward_passes == cfg.K and oracle.adds == 2
     assert np.allclose(info.projected_grads, cfg.K * loren.loo_weights(info.losses) / cfg.mu)
+
+
+def test_block_row_sums_are_the_row_sums_of_the_whole_tensor():
+    blocks = {"W": (5, BLOCK // 2 + 3), "b": (2 * BLOCK + 7,), "small": (3, 4)}
+    got = loren._row_sums(Key.root(15), blocks)
+    for n, shape in blocks.items():
+        want = loren.row_sum(tensor_noise(Key.root(15), n, shape))
+        assert got[n].dtype == np.float64 and np.allclose(got[n], want, rtol=1e-12, atol=1e-12), n
+
+
+@pytest.mark.parametrize("shape", [(5, BLOCK // 2 + 3), (2 * BLOCK + 7,)])
+def test_block_momentum_sum_is_the_whole_tensor_heavy_ball_bit_for_bit(shape):
+    # _momentum_sum draws u_k piece by piece on all cores; per element it must do the same
+    # float32 operations as the whole-tensor loop: z = u + offset, g = (w/μ) z, M = β M + g, Σ += M.
+    cfg = build_config("loren", dict(mu=0.1, K=3))
+    keys = [probe_key(Key.root(12), k) for k in range(cfg.K)]
+    a, alphas, w = normal(Key.root(13), shape[-1:]), [0.5, -1.5, 2.0], np.array([0.3, -0.1, -0.2])
+    M = normal(Key.root(14), shape) if len(shape) == 2 else None
+    delta, M_new = loren._momentum_sum("X", shape, a, M, keys, alphas, w, cfg)
+    want, M_want = np.zeros(shape, np.float32), M
+    for k, key_k in enumerate(keys):
+        g = np.float32(w[k] / cfg.mu) * (tensor_noise(key_k, "X", shape) + loren.probe_offset(a, alphas[k]))
+        M_want = g if M is None else np.float32(cfg.beta) * M_want + g
+        want += M_want
+    assert delta.tobytes() == want.tobytes()
+    assert (M_new is None) == (M is None) and (M is None or M_new.tobytes() == M_want.tobytes())
 
 
 def test_preconditioner_step_has_mean_mu_squared_times_the_smoothed_loss_gradient():

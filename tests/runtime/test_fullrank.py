@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_zo import fold
+from edge_zo import fold, noise, rng
+from edge_zo.providers import Buffer
 from edge_zo.rng import Key, tensor_noise
 from edge_zo.runtime import Runtime
 
@@ -130,3 +131,71 @@ def test_add_applies_full_and_row_deltas_in_the_stored_layout(tmp_path):
     np.testing.assert_array_equal(w1[fc2], w0[fc2] + row[:, None])  # in,out: transposed
     with pytest.raises(ValueError, match=r"delta\[layers.0.fc1.weight\] has shape"):
         rt.add({fc1: row})
+
+
+# ---- the block path (edge_zo/noise.py): several rng.BLOCKs, both layouts, fp16 ----------
+
+def _target(w: np.ndarray, shape, layout: str, zero_copy: bool = True) -> noise.Target:
+    matrix = w.shape if layout == "out_in" else w.shape[::-1]
+    return noise.Target(Buffer(w, zero_copy=zero_copy), tuple(shape), tuple(matrix), layout)
+
+
+def _reference_d(key, shape, matrix, layout, scale, offset, dtype) -> np.ndarray:
+    """d = scale (z + offset) in the stored layout, as whole-tensor numpy would build it."""
+    z = tensor_noise(key, "W", shape)
+    if offset is not None:
+        z = z + offset
+    d = (z * np.float32(scale)).reshape(matrix)
+    return (d if layout == "out_in" else d.T).astype(dtype)
+
+
+@pytest.mark.parametrize("layout,dtype,zero_copy", [("out_in", np.float32, True), ("in_out", np.float32, True),
+                                                    ("out_in", np.float16, True), ("out_in", np.float32, False)])
+def test_block_perturb_is_w_plus_d_and_restores_bit_exactly(layout, dtype, zero_copy):
+    m, n = 5, rng.BLOCK // 2 + 3  # 2.5 blocks: rows cut by block boundaries
+    w0 = (0.02 * np.random.default_rng(0).standard_normal((m, n) if layout == "out_in" else (n, m))).astype(dtype)
+    w0.reshape(-1)[:4] = [0.0, -0.0, 1e-30, -1e-30]  # elements the record keeps verbatim
+    t = _target(w0.copy(), (m, n), layout, zero_copy)
+    key, offset = Key.root(7), np.linspace(-1, 1, n).astype(np.float32)
+    stream = rng.noise_stream(key, "W")
+    (record,) = noise.perturb([t], [stream], 1e-3, [offset])
+    d = _reference_d(key, (m, n), (m, n), layout, 1e-3, offset, dtype)
+    assert np.array_equal(t.buf.read(), w0 + d)  # the same fl(W + d) as whole-tensor numpy
+    assert record[1].size >= 2 and fold.record_nbytes(record) < w0.size + 64  # ~1 byte an element
+    noise.restore([t], [stream], 1e-3, [offset], [record])
+    assert t.buf.read().tobytes() == w0.tobytes()
+
+
+def test_block_add_noise_and_add_match_whole_tensor_numpy():
+    shape = (5 * (rng.BLOCK // 2 + 1),)  # a dense head, drawn flat (m·n,), stored m x n
+    w0 = np.random.default_rng(1).standard_normal(shape).astype(np.float32).reshape(5, -1)
+    t = noise.Target(Buffer(w0.copy()), shape, w0.shape, "out_in")
+    key = Key.root(8)
+    noise.add_noise([t], [rng.noise_stream(key, "W")], -0.01)
+    want = w0 + (np.float32(-0.01) * tensor_noise(key, "W", shape)).reshape(w0.shape)
+    np.testing.assert_array_equal(t.buf.read(), want)
+    row = np.arange(shape[0], dtype=np.float32)
+    noise.add(t, row)  # a 1-D tensor's "row" is the whole vector
+    np.testing.assert_array_equal(t.buf.read(), want + row.reshape(w0.shape))
+
+
+@pytest.mark.parametrize("failing", ["W", "V", "U"])
+def test_a_failing_block_leaves_w_as_it_was(monkeypatch, failing):
+    # W: live CPU buffers (one batch), V: a device buffer (after the batch), U: stored in,out
+    w0 = np.random.default_rng(2).standard_normal((4, rng.BLOCK)).astype(np.float32)
+    ts = [_target(w0.copy(), w0.shape, "out_in"), _target(w0.copy(), w0.shape, "out_in", zero_copy=False),
+          _target(w0.T.copy(), w0.shape, "in_out")]
+    streams = [rng.noise_stream(Key.root(9), n) for n in "WVU"]
+    real = rng.fill_block
+
+    def flaky(stream, b, out):
+        if stream == streams["WVU".index(failing)] and b == 2:
+            raise MemoryError("block 2")
+        return real(stream, b, out)
+
+    monkeypatch.setattr(rng, "fill_block", flaky)
+    with pytest.raises(MemoryError):
+        noise.perturb(ts, streams, 1e-3, [None] * 3)
+    monkeypatch.setattr(rng, "fill_block", real)
+    for t, want in zip(ts, (w0, w0, w0.T)):
+        assert t.buf.read().tobytes() == want.tobytes()
