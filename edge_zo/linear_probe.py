@@ -24,6 +24,7 @@ from edge_zo.errors import UserError
 L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1)  # mean-loss L2 strengths tried by cross-validation
 FOLDS = 5
 NEWTON_STEPS = 50
+MAX_HESSIAN_MIB = 512  # the probe must not be what breaks a job's memory budget
 
 
 def dense_head(manifest) -> str | None:
@@ -122,6 +123,10 @@ def fit_head(runtime, examples, tokenizer, manifest, batch_size: int, seed: int)
     if X.shape[1] != runtime.matrices[head].shape[1]:
         raise UserError(f"{runtime.bundle_dir}: features have {X.shape[1]} columns, {head} expects "
                         f"{runtime.matrices[head].shape[1]}; re-export the bundle")
+    hessian_mib = 2 * (classes * X.shape[1]) ** 2 * 8 / 2**20  # Newton's (C·F)² float64, twice
+    if hessian_mib > MAX_HESSIAN_MIB:
+        raise UserError(f"a linear probe of {classes} classes x {X.shape[1]} features needs {hessian_mib:.0f} MiB "
+                        f"for its Newton steps (limit {MAX_HESSIAN_MIB}); pass linear_probe=off")
     l2, cv_acc = choose_l2(X, y, classes, seed)
     H = fit_logistic(X, y, classes, l2)
     runtime.load_weights({head: H.astype(runtime.matrices[head].dtype)})

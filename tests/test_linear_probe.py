@@ -169,3 +169,14 @@ def test_resume_after_a_kill_gives_the_same_weights(root, lost):
     assert main(["finetune", "--resume", str(run)]) == 0
     want, got = final_weights(reference), final_weights(run)
     assert sorted(want) == sorted(got) and all(np.array_equal(want[k], got[k]) for k in want)
+
+
+def test_a_probe_too_large_for_memory_stops_with_the_fix(root, monkeypatch):
+    from edge_zo.errors import UserError
+    rt, manifest = bound_runtime(root)
+    examples = [Example(t, int(y == "positive")) for t, y in REVIEWS]
+    monkeypatch.setattr(linear_probe, "MAX_HESSIAN_MIB", 0.1)  # 2 x 33 features need ~0.03 MiB x 2
+    linear_probe.fit_head(rt, examples, load_tokenizer(root / "bundle"), manifest, 4, 0)
+    monkeypatch.setattr(linear_probe, "MAX_HESSIAN_MIB", 0.01)
+    with pytest.raises(UserError, match="pass linear_probe=off"):
+        linear_probe.fit_head(rt, examples, load_tokenizer(root / "bundle"), manifest, 4, 0)
