@@ -25,9 +25,7 @@ from tokenizers import Tokenizer
 
 from edge_zo.bundle import TOKENIZER_NAME
 from edge_zo.errors import UserError
-# Templates are importable from here as before (edge_zo.data.TEMPLATES, Template).
-from edge_zo.templates import (TEMPLATES, ChoiceTemplate, Template, candidates, choice_prompt,  # noqa: F401
-                               field_value, fill)
+from edge_zo.templates import ChoiceTemplate, Template, candidates, choice_prompt, field_value, fill
 
 READERS = (".jsonl", ".csv", ".tsv")
 

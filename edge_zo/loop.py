@@ -20,14 +20,13 @@ from tqdm import tqdm
 from edge_zo import checkpoint, choice, linear_probe, runconfig
 from edge_zo.bundle import read_manifest
 from edge_zo.errors import UserError
+from edge_zo.data import Batch, load_choice, load_classification, load_text, load_tokenizer, make_batch
 from edge_zo.memory.guard import Budget, MemoryBudgetExceeded, MemoryGuard
-from edge_zo.data import (Batch, ChoiceTemplate, Template, load_choice, load_classification, load_text,
-                          load_tokenizer, make_batch)
-from edge_zo.templates import explicit_words, fit_template
 from edge_zo.metrics import Clock, MetricsLog, plot
 from edge_zo.optim import optimizer_for
 from edge_zo.rng import Key
 from edge_zo.runconfig import RunConfig
+from edge_zo.templates import ChoiceTemplate, Template, explicit_words, fit_template
 from edge_zo.runtime import Runtime
 
 

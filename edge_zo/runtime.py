@@ -33,12 +33,6 @@ from edge_zo.errors import UserError
 from edge_zo.providers import Buffer, SlotBuffer, open_session, place
 
 
-def _noise(key, name: str) -> bytes:
-    """The stream of z for tensor `name` of a full-rank probe (edge_zo.rng: regenerated, never
-    stored; edge_zo.noise applies it block by block)."""
-    return rng.noise_stream(key, name)
-
-
 class Runtime:
     """A bundle opened on an execution provider; see the module docstring."""
 
@@ -212,12 +206,11 @@ class Runtime:
         return values[outputs[0]] if len(outputs) == 1 else [values[name] for name in outputs]
 
     # ---- full-rank -----------------------------------------------------------------
-    def _stored_noise(self, name: str, offset=None) -> tuple:
-        """(target, offset) for edge_zo.noise: W, z's shape (`shapes`), the stored layout;
-        `offset`, LOREN's anisotropic shift, is a last-dimension vector added to every row."""
+    def _target(self, name: str) -> noise.Target:
+        """Tensor `name` for edge_zo.noise: bound W, z's shape (`shapes`), the stored layout.
+        z itself is regenerated from rng.noise_stream(key, name), never stored."""
         mat = self.matrices[name]
-        offset = None if offset is None else _shaped(f"offset[{name}]", offset, self.shapes[name][-1:])
-        return noise.Target(self.W[name], self.shapes[name], tuple(mat.shape), mat.layout), offset
+        return noise.Target(self.W[name], self.shapes[name], tuple(mat.shape), mat.layout)
 
     def _names(self, names) -> list[str]:
         names = list(self.matrices) if names is None else list(names)
@@ -239,8 +232,11 @@ class Runtime:
         offsets = getattr(probe, "offset", None) or {}
         if set(offsets) - set(names):
             raise ValueError(f"offsets for {sorted(set(offsets) - set(names))}, which the probe does not perturb")
-        pairs = [self._stored_noise(name, offsets.get(name)) for name in names]
-        args = ([t for t, _ in pairs], [_noise(probe.key, name) for name in names], probe.scale, [o for _, o in pairs])
+        # LOREN's anisotropic shift: a last-dimension vector added to every row of z
+        shifts = [None if offsets.get(n) is None else _shaped(f"offset[{n}]", offsets[n], self.shapes[n][-1:])
+                  for n in names]
+        args = ([self._target(n) for n in names], [rng.noise_stream(probe.key, n) for n in names],
+                probe.scale, shifts)
         # in place, all tensors' blocks on all cores (edge_zo/noise.py); W is untouched if it fails
         records = noise.perturb(*args)
         try:
@@ -251,14 +247,14 @@ class Runtime:
     def add_noise(self, key, alpha: float, names=None) -> None:
         """W <- W + alpha z(key, name): the MeZO update (g folded into alpha by the caller)."""
         names = self._names(names)
-        noise.add_noise([self._stored_noise(n)[0] for n in names], [_noise(key, n) for n in names], alpha)
+        noise.add_noise([self._target(n) for n in names], [rng.noise_stream(key, n) for n in names], alpha)
 
     def add(self, delta: dict[str, np.ndarray]) -> None:
         """W <- W + delta (`shapes[name]`, or a last-dimension vector added to every row): LOREN's update."""
         for name in self._names(delta):
             shape = self.shapes[name]
             d = np.asarray(delta[name], dtype=np.float32)
-            noise.add(self._stored_noise(name)[0], _shaped(f"delta[{name}]", d, shape[-1:] if d.ndim == 1 else shape))
+            noise.add(self._target(name), _shaped(f"delta[{name}]", d, shape[-1:] if d.ndim == 1 else shape))
 
     # ---- weights -------------------------------------------------------------------
     def fold(self, C: dict[str, np.ndarray]) -> None:

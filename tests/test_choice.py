@@ -12,10 +12,11 @@ import pytest
 
 from edge_zo import choice
 from edge_zo.checkpoint import load_latest
-from edge_zo.data import (TEMPLATES, ChoiceExample, ChoiceLayout, DataError, load_choice, load_tokenizer,
+from edge_zo.data import (ChoiceExample, ChoiceLayout, DataError, load_choice, load_tokenizer,
                           make_choice_batch)
 from edge_zo.rng import Key
 from edge_zo.runtime import Runtime
+from edge_zo.templates import TEMPLATES
 from runtime.conftest import FullRankProbe, random_probes, random_sketch
 from runtime.fixtures import build
 

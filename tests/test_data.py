@@ -11,12 +11,11 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 
-from edge_zo.data import (TEMPLATES, ChoiceTemplate, DataError, Example, Template, load_classification,
-                          load_text, make_batch, mezo_split)
+from edge_zo.data import DataError, Example, load_classification, load_text, make_batch, mezo_split
 from edge_zo.errors import UserError
 from edge_zo.optim.base import ConfigError
 from edge_zo.runconfig import load, resolve, save
-from edge_zo.templates import explicit_words, fit_template, user_template
+from edge_zo.templates import TEMPLATES, ChoiceTemplate, Template, explicit_words, fit_template, user_template
 from runtime.fixtures import build
 
 REVIEW = TEMPLATES["review"]

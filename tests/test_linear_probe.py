@@ -128,18 +128,20 @@ def test_finetune_fits_the_head_first_then_trains_body_and_head(root):
     first_eval = next(r for r in records if r["kind"] == "eval")
     assert first_eval["step"] == 0 and first_eval["eval_acc"] == pytest.approx(lp["train_acc"])
     assert first_eval["forward_passes"] == 6  # the probe's forwards count towards the budget
-    W0 = read_manifest(root / "bundle")
+    manifest = read_manifest(root / "bundle")
     rt = Runtime(root / "bundle")
     start = rt.export_weights()
     final = final_weights(run)
     assert not np.array_equal(final[f"W/{HEAD}"], start[HEAD])
-    body = next(m.name for m in W0.matrices if not m.dense)
+    body = next(m.name for m in manifest.matrices if not m.dense)
     assert not np.array_equal(final[f"W/{body}"], start[body])
     # one_d=frozen keeps the fitted head through the ZO steps
     frozen = root / "frozen"
-    assert finetune(root, frozen, "optimizer.one_d=frozen", "linear_probe=on") == 0
+    assert finetune(root, frozen, "optimizer.one_d=frozen", "linear_probe=on", "checkpoint_every=100") == 0
     fitted = checkpoint.load_latest(frozen / "checkpoints").arrays[f"W/{HEAD}"]
     assert not np.array_equal(fitted, start[HEAD])
+    probed = np.load(frozen / "checkpoints" / "ckpt-000000000.npz")[f"W/{HEAD}"]  # right after the probe
+    assert np.array_equal(fitted, probed)
     off = root / "off"
     assert finetune(root, off, "optimizer.one_d=frozen", "linear_probe=off") == 0
     assert np.array_equal(final_weights(off)[f"W/{HEAD}"], start[HEAD])

@@ -60,7 +60,8 @@ def test_readme_states_the_counts_and_licence():
 
 def test_files_load_with_the_review_template():
     """The runtime's own reader accepts them with the template the README recommends."""
-    from edge_zo.data import TEMPLATES, load_classification
+    from edge_zo.data import load_classification
+    from edge_zo.templates import TEMPLATES
 
     template = TEMPLATES["review"]
     assert template.prompt == "Review: {text}\nSentiment:"
