@@ -1,23 +1,27 @@
 """Full-rank probes on the bound weights, block by block, on all cores (MeZO, LOREN).
 
-The runtime's full-rank work is, per trained tensor, one of
+The runtime's full-rank work is, per trained tensor, a sweep doing in order some of
 
-    perturb:  W <- fl(W + d) and an exact-restore record   (fold.perturb_inplace)
-    restore:  W <- the W that perturb saw, bit for bit     (fold.restore_inplace)
-    add:      W <- W + alpha z                             (the MeZO update)
+    undo:     W <- the W that the last perturb saw, bit for bit  (fold.restore_inplace)
+    perturb:  W <- fl(W + d) and an exact-restore record          (fold.perturb_inplace)
+    add:      W <- W + alpha z                                    (the MeZO update)
 
 with d = scale (z + offset) and z = rng.tensor_noise(key, name, shape) regenerated, never
 stored. z comes in blocks of rng.BLOCK elements, each a pure function of (key, name,
-block), so a block of z is drawn, turned into d and applied to the same block of W while
-both sit in the core's cache, and the blocks of all tensors of a call run on all cores
-(rng.parallel, one batch: no wait at the end of each tensor): one sweep over W per
-operation instead of ~6 over whole-tensor temporaries, no m x n temporary.
+block), so a block of z is drawn once, turned into each d and applied to the same block
+of W while both sit in the core's cache, and the blocks of all tensors of a call run on
+all cores (rng.parallel, one batch: no wait at the end of each tensor): one sweep over W
+per call, no m x n temporary. One sweep may do several operations with one draw of z:
+MeZO's probe pair is perturb(+mu), undo(+mu) + perturb(-mu), undo(-mu) + add(-eta g):
+3 draws of z a step instead of 5 (the runtime keeps the last probe's perturbation until
+W is next needed, edge_zo/runtime.py), each result bit-identical to the separate calls.
 
-Memory: per thread, 4 scratch blocks (z, d and two for the record's arithmetic: 512 KiB
-in float32), reused; the record (1 byte per element, kept between perturb and restore, as
-before). A device W (CUDA) goes through its host copy one tensor at a time, as before. A
-W stored in,out (GPT-2's Conv1D: the stored array is z's transpose) cannot be cut into
-blocks of z; it is done whole, with one tensor of z (and two of scratch) at a time.
+Memory: per thread, 5 scratch blocks (z, scaled z, d and two for the record's arithmetic:
+640 KiB in float32), reused; the record (1 byte per element, kept between perturb and
+undo; an undo + perturb sweep rewrites it in place). A device W (CUDA) goes through its
+host copy one tensor at a time. A W stored in,out (GPT-2's Conv1D: the stored array is
+z's transpose) cannot be cut into blocks of z; it is done whole, with one tensor of z
+(and two of scratch) at a time.
 """
 
 from __future__ import annotations
@@ -44,28 +48,38 @@ class Target:
     layout: str
 
 
+@dataclass(frozen=True)
+class Sweep:
+    """The operations of one sweep, in this order, each at its scale (None: not done).
+
+    undo: restore the perturbation made at this scale (the records are passed in);
+    perturb: perturb at this scale (new records returned); add: W <- W + add z.
+    """
+
+    undo: float | None = None
+    perturb: float | None = None
+    add: float | None = None
+
+
 _local = threading.local()
 
 
 def _scratch(n: int, dtype) -> tuple[np.ndarray, ...]:
-    """This thread's blocks: z (float32) and d, s1, s2 (W's dtype), grown on demand."""
+    """This thread's blocks: z, scaled z (float32) and d, s1, s2 (W's dtype), grown on demand."""
     bufs = getattr(_local, "bufs", None)
-    if bufs is None or bufs[1].dtype != dtype or bufs[0].size < n:
-        bufs = _local.bufs = (np.empty(n, np.float32), *(np.empty(n, dtype) for _ in range(3)))
+    if bufs is None or bufs[2].dtype != dtype or bufs[0].size < n:
+        bufs = _local.bufs = (*(np.empty(n, np.float32) for _ in range(2)), *(np.empty(n, dtype) for _ in range(3)))
     return tuple(b[:n] for b in bufs)
 
 
-def _d(stream: bytes, b: int, start: int, n: int, scale: float, offset, dtype) -> tuple[np.ndarray, ...]:
-    """(d, s1, s2): block b of d = scale (z + offset) in W's dtype, and two scratch blocks."""
-    z, d, s1, s2 = _scratch(n, dtype)
-    rng.fill_block(stream, b, z)
-    if offset is not None:
-        rng.add_rows(z, offset, start)  # z + offset in float32, as NoiseProbe defines d
-    np.multiply(z, np.float32(scale), out=z)
-    if np.dtype(dtype) != np.float32:
-        np.copyto(d, z, casting="same_kind")  # rounded to W's dtype, as `astype` does
-        return d, s1, s2
-    return z, s1, s2
+def _scaled(z: np.ndarray, scale: float, dtype) -> np.ndarray:
+    """d = scale z in W's dtype (float32 product, then rounded as `astype` does), in scratch."""
+    _, zs, d, _, _ = _scratch(z.size, dtype)
+    np.multiply(z, np.float32(scale), out=zs)
+    if np.dtype(dtype) == np.float32:
+        return zs
+    np.copyto(d, zs, casting="same_kind")
+    return d
 
 
 def _done(t: Target, w: np.ndarray) -> None:
@@ -76,13 +90,9 @@ def _done(t: Target, w: np.ndarray) -> None:
         t.buf.write(w)
 
 
-def _whole_d(t: Target, stream: bytes, scale: float, offset) -> np.ndarray:
-    """d for a W stored in,out: the whole tensor's z, transposed (see the module docstring)."""
-    z = rng.draw(stream, t.shape)
-    if offset is not None:
-        z += offset
-    z *= np.float32(scale)
-    return z.reshape(t.matrix).T.astype(t.buf.dtype, copy=False)
+def _live(t: Target) -> bool:
+    """W is the bound host array itself and stores z's layout: its blocks are done in place."""
+    return t.layout == "out_in" and t.buf.zero_copy
 
 
 def _blocks(hosts: dict) -> list[tuple[int, int, int, int]]:
@@ -91,105 +101,141 @@ def _blocks(hosts: dict) -> list[tuple[int, int, int, int]]:
             for i, w in hosts.items() for b in range(rng.n_blocks(w.size))]
 
 
-def _live(t: Target) -> bool:
-    """W is the bound host array itself and stores z's layout: its blocks are done in place."""
-    return t.layout == "out_in" and t.buf.zero_copy
+def _slice(record, s: int, e: int):
+    """The verbatim (where, values) of a record that fall in flat elements [s, e)."""
+    _, where, values = record
+    lo, hi = np.searchsorted(where, [s, e])
+    return where[lo:hi], values[lo:hi]
 
 
-def _sweep(targets: list, block_op, whole_op, finished=lambda i: None) -> None:
-    """block_op((i, b, start, stop), host W) over every out,in target, whole_op(i, host W)
-    for in,out ones. Live W (CPU): the blocks of all of them in one batch on all cores.
-    A device W goes through a host copy, pushed when done, one tensor at a time (never a
-    second copy of all weights); `finished(i)` follows each tensor (the batch: at its end)."""
-    batch = {i: t.buf.read() for i, t in enumerate(targets) if _live(t)}
+class _Job:
+    """One sweep over `targets`: op applied block by block, records kept for a rollback."""
+
+    def __init__(self, targets, streams, offsets, op: Sweep, records):
+        if op.add is not None and any(o is not None for o in offsets):
+            raise ValueError("add_noise adds z itself: offsets only shift probes")
+        self.targets, self.streams, self.offsets, self.op = targets, streams, offsets, op
+        self.old = records or [None] * len(targets)
+        # the new record's int8 part reuses the old one's array: blocks are disjoint, and a
+        # block's old k is read (undo) before its new k is written (perturb)
+        self.smalls = [r[0] if r is not None else np.empty(int(np.prod(t.shape)), np.int8)
+                       for t, r in zip(targets, self.old)]
+        self.parts, self.undone, self.finished = {}, set(), set()
+
+    def block(self, task, w) -> None:
+        i, b, s, e = task
+        flat, small, op = w.reshape(-1)[s:e], self.smalls[i][s:e], self.op
+        z = _scratch(e - s, w.dtype)[0]
+        rng.fill_block(self.streams[i], b, z)
+        if self.offsets[i] is not None:
+            rng.add_rows(z, self.offsets[i], s)  # z + offset in float32, as NoiseProbe defines d
+        if op.undo is not None:
+            fold.restore_inplace(flat, _scaled(z, op.undo, w.dtype), small, *_slice(self.old[i], s, e), start=s)
+            self.undone.add(task)
+        if op.perturb is not None:
+            _, _, _, s1, s2 = _scratch(e - s, w.dtype)
+            self.parts[task] = fold.perturb_inplace(flat, _scaled(z, op.perturb, w.dtype), small, s1, s2, start=s)
+        if op.add is not None:
+            np.add(flat, _scaled(z, op.add, w.dtype), out=flat)
+
+    def whole(self, i, w) -> None:
+        """A W stored in,out: the whole tensor's z, transposed (module docstring)."""
+        t, op = self.targets[i], self.op
+        z = rng.draw(self.streams[i], t.shape)
+        if self.offsets[i] is not None:
+            z += self.offsets[i]
+
+        def d(scale):
+            return (z * np.float32(scale)).reshape(t.matrix).T.astype(w.dtype, copy=False)
+
+        small = self.smalls[i].reshape(w.shape)
+        if op.undo is not None:
+            fold.restore_inplace(w, d(op.undo), small, *self.old[i][1:])
+        if op.perturb is not None:
+            self.parts[(i, 0, 0, w.size)] = fold.perturb_inplace(w, d(op.perturb), small, np.empty_like(w),
+                                                                 np.empty_like(w))
+        if op.add is not None:
+            w += d(op.add)
+
+    def record(self, i):
+        """Tensor i's new record: its blocks' verbatim parts in order, after the int8 part."""
+        mine = [v for k, v in sorted(self.parts.items()) if k[0] == i]
+        return (self.smalls[i], *(np.concatenate([p[n] for p in mine]) for n in (0, 1)))
+
+    def run(self) -> list | None:
+        """Live W (CPU): the blocks of all of them in one batch on all cores. A device W goes
+        through a host copy, pushed when done, one tensor at a time (never a second copy of
+        all weights); a W stored in,out is done whole."""
+        batch = {i: t.buf.read() for i, t in enumerate(self.targets) if _live(t)}
+        try:
+            rng.parallel(lambda task: self.block(task, batch[task[0]]), _blocks(batch))
+        finally:
+            for i, w in batch.items():
+                _done(self.targets[i], w)
+        self.finished.update(batch)
+        for i, t in enumerate(self.targets):
+            if i in batch:
+                continue
+            w = t.buf.read()
+            if t.layout == "out_in":
+                if w.ctypes.data == t.buf.value.data_ptr():  # a CPU OrtValue's numpy() is its memory:
+                    w = w.copy()  # work on a copy, so a failed block leaves the bound W untouched
+                rng.parallel(lambda task: self.block(task, w), _blocks({i: w}))
+            else:
+                self.whole(i, w)
+            _done(t, w)
+            self.finished.add(i)
+        return [self.record(i) for i in range(len(self.targets))] if self.op.perturb is not None else None
+
+    def rollback(self) -> None:
+        """After a failure: every W back to the unperturbed W (the W before this sweep when it
+        does not undo). A failed add is not undone (W keeps the blocks already added)."""
+        op, live = self.op, {i for i, t in enumerate(self.targets) if _live(t)}
+        again = []  # (i, scale, record): whole tensors to restore
+        for i in range(len(self.targets)):
+            if i in self.finished and op.perturb is not None:
+                again.append((i, op.perturb, self.record(i)))
+            elif i not in self.finished and i not in live and op.undo is not None:
+                again.append((i, op.undo, self.old[i]))  # its copy was dropped: still perturbed
+        for i, scale, record in again:
+            restore([self.targets[i]], [self.streams[i]], scale, [self.offsets[i]], [record])
+        old = list(self.old)
+        for task in _blocks({i: self.targets[i].buf.host for i in live - self.finished}):
+            i = task[0]
+            if task in self.parts:  # perturbed by this sweep: undo that
+                self.op, self.old[i] = Sweep(undo=op.perturb), (None, *self.parts[task])
+            elif op.undo is not None and task not in self.undone:  # not reached: undo the old one
+                self.op, self.old[i] = Sweep(undo=op.undo), old[i]
+            else:
+                continue
+            self.block(task, self.targets[i].buf.host)
+
+def sweep(targets: list, streams: list, offsets: list, op: Sweep, records: list | None = None) -> list | None:
+    """Apply `op` to every target in one pass (records: those of the perturbation `op.undo`
+    restores); returns the new records when `op.perturb`. If it fails, every W is left
+    unperturbed (see `_Job.rollback`) and the error is raised."""
+    job = _Job(targets, streams, offsets, op, records)
     try:
-        rng.parallel(lambda task: block_op(task, batch[task[0]]), _blocks(batch))
-    finally:
-        for i, w in batch.items():
-            _done(targets[i], w)
-    for i in batch:
-        finished(i)
-    for i, t in enumerate(targets):
-        if i in batch:
-            continue
-        w = t.buf.read()
-        if t.layout == "out_in":
-            if w.ctypes.data == t.buf.value.data_ptr():  # a CPU OrtValue's numpy() is its memory:
-                w = w.copy()  # work on a copy, so a failed block leaves the bound W untouched
-            rng.parallel(lambda task: block_op(task, w), _blocks({i: w}))
-        else:
-            whole_op(i, w)
-        _done(t, w)
-        finished(i)
+        return job.run()
+    except BaseException:
+        job.rollback()
+        raise
 
 
 def perturb(targets: list, streams: list, scale: float, offsets: list) -> list:
     """W <- fl(W + scale (z + offset)) in place for every target; returns their records for
     `restore`. If anything fails, every W is left as it was."""
-    records, parts = [None] * len(targets), {}
-    smalls = [np.empty(int(np.prod(t.shape)), np.int8) for t in targets]
-
-    def block(task, w):
-        i, b, s, e = task
-        d, s1, s2 = _d(streams[i], b, s, e - s, scale, offsets[i], w.dtype)
-        parts[task] = fold.perturb_inplace(w.reshape(-1)[s:e], d, smalls[i][s:e], s1, s2, start=s)
-
-    def whole(i, w):
-        d = _whole_d(targets[i], streams[i], scale, offsets[i])
-        parts[(i, 0, 0, w.size)] = fold.perturb_inplace(w, d, smalls[i].reshape(w.shape), np.empty_like(w),
-                                                        np.empty_like(w))
-
-    def finished(i):
-        mine = [v for k, v in sorted(parts.items()) if k[0] == i]  # its blocks in order
-        records[i] = (smalls[i], *(np.concatenate([p[n] for p in mine]) for n in (0, 1)))
-
-    try:
-        _sweep(targets, block, whole, finished)
-    except BaseException:  # put back what was perturbed: W is whole, or untouched
-        done = [i for i, r in enumerate(records) if r is not None]
-        restore(*([arg[i] for i in done] for arg in (targets, streams)), scale,
-                *([arg[i] for i in done] for arg in (offsets, records)))
-        for (i, b, s, e), (where, values) in _partial(parts, records, targets):
-            w = targets[i].buf.host.reshape(-1)[s:e]
-            d = _d(streams[i], b, s, e - s, scale, offsets[i], w.dtype)[0]
-            fold.restore_inplace(w, d, smalls[i][s:e], where, values, start=s)
-        raise
-    return records
-
-
-def _partial(parts: dict, records: list, targets: list) -> list:
-    """Blocks perturbed in place in live W whose tensor did not finish (a failed batch)."""
-    return [(k, v) for k, v in parts.items() if records[k[0]] is None and _live(targets[k[0]])]
+    return sweep(targets, streams, offsets, Sweep(perturb=scale))
 
 
 def restore(targets: list, streams: list, scale: float, offsets: list, records: list) -> None:
     """Every W <- the W `perturb` saw, bit for bit (same streams, scale, offsets)."""
-    def block(task, w):
-        i, b, s, e = task
-        small, where, values = records[i]
-        d = _d(streams[i], b, s, e - s, scale, offsets[i], w.dtype)[0]
-        lo, hi = np.searchsorted(where, [s, e])
-        fold.restore_inplace(w.reshape(-1)[s:e], d, small[s:e], where[lo:hi], values[lo:hi], start=s)
-
-    def whole(i, w):
-        small, where, values = records[i]
-        d = _whole_d(targets[i], streams[i], scale, offsets[i])
-        fold.restore_inplace(w, d, small.reshape(w.shape), where, values)
-
-    _sweep(targets, block, whole)
+    sweep(targets, streams, offsets, Sweep(undo=scale), records)
 
 
 def add_noise(targets: list, streams: list, alpha: float) -> None:
     """W <- W + alpha z for every target (alpha z rounded to W's dtype, added in W's dtype)."""
-    def block(task, w):
-        i, b, s, e = task
-        flat = w.reshape(-1)[s:e]
-        np.add(flat, _d(streams[i], b, s, e - s, alpha, None, w.dtype)[0], out=flat)
-
-    def whole(i, w):
-        w += _whole_d(targets[i], streams[i], alpha, None)
-
-    _sweep(targets, block, whole)
+    sweep(targets, streams, [None] * len(targets), Sweep(add=alpha))
 
 
 def add(t: Target, delta: np.ndarray) -> None:

@@ -4,7 +4,9 @@
 optimizer). It owns the bound buffers:
   W  base weights, read once from the bundle and bound once (CPU: the numpy array itself,
      wrapped zero-copy by OrtValue.ortvalue_from_numpy; CUDA: a device tensor, no host
-     copy). W changes only at `fold`, `add_noise` and (undone exactly) full-rank probes.
+     copy). W changes only at `fold`, `add_noise`, `add` and (undone exactly) full-rank
+     probes; a full-rank probe's perturbation is undone when W is next needed (`_settle`),
+     in one sweep with the next probe or update of the same z when that comes next.
   A  per sketch window (`set_sketch`), D per probe: the only bytes written per query.
 Probes are duck-typed: low-rank ones have `.sketch_id` and `.D` (name -> r x n,
 effective X = W + A D); full-rank ones have `.key`, `.scale`, `.names` (effective
@@ -20,8 +22,10 @@ The controller's numpy must run single-threaded BLAS (OPENBLAS_NUM_THREADS=1, se
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +93,7 @@ class Runtime:
                 self.D[name] = SlotBuffer((self.manifest.probe_slots, r, n), dev, dev_id, self.bytes_written)
         self.folder = fold.Folder(self.placement, self.manifest.matrices[0].dtype, threads=self.threads)
         self.sketch_id = None
+        self._pending: _Perturbation | None = None  # a full-rank probe's, until W is needed
         self._bound_slots = None
         self._batch = None
 
@@ -189,7 +194,9 @@ class Runtime:
                     slots.host[j].fill(0.0)
             slots.push(self.fixed_slots or len(Ds))
 
-    def _run(self, p: int, outputs=("loss",)) -> np.ndarray | list:
+    def _run(self, p: int, outputs=("loss",), settle: bool = True) -> np.ndarray | list:
+        if settle:  # W as the optimizer sees it, unless a full-rank probe runs
+            self._settle()
         if self.lowrank:
             p = self.fixed_slots or p  # a graph with a fixed probe axis runs all slots
             if p != self._bound_slots:
@@ -220,10 +227,12 @@ class Runtime:
         return names
 
     def _fullrank_run(self, probe, output: str) -> np.ndarray:
-        """Perturb W in place, run, restore W bit for bit (fold.perturb: 1 byte/element);
-        returns `output` with its probe axis of 1.
+        """Perturb W in place and run; returns `output` with its probe axis of 1.
 
         `probe` is a full-rank probe, or a low-rank one with `.noise` (its D goes in slot 0).
+        W stays perturbed (`_pending`) until it is next needed: a next probe of the same z
+        (MeZO's -mu after +mu) undoes and perturbs in one sweep, an `add_noise` of the same z
+        (the update) undoes and adds in one; anything else restores W bit for bit first.
         """
         if self.lowrank:  # D = 0 for a full-rank probe: full-rank methods keep C = 0
             self._write_slots([getattr(probe, "D", None)], [getattr(probe, "sketch_id", self.sketch_id)])
@@ -235,22 +244,52 @@ class Runtime:
         # LOREN's anisotropic shift: a last-dimension vector added to every row of z
         shifts = [None if offsets.get(n) is None else _shaped(f"offset[{n}]", offsets[n], self.shapes[n][-1:])
                   for n in names]
-        args = ([self._target(n) for n in names], [rng.noise_stream(probe.key, n) for n in names],
-                probe.scale, shifts)
-        # in place, all tensors' blocks on all cores (edge_zo/noise.py); W is untouched if it fails
-        records = noise.perturb(*args)
+        self._perturb(_Perturbation(probe.key, names, shifts, probe.scale))
         try:
-            return self._run(1, outputs=("loss", output))[-1][:1]
-        finally:
-            noise.restore(*args, records)
+            return self._run(1, outputs=("loss", output), settle=False)[-1][:1]
+        except BaseException:
+            self._settle()
+            raise
+
+    def _perturb(self, new: "_Perturbation") -> None:
+        """W <- W + new, in place, all tensors' blocks on all cores (edge_zo/noise.py): from
+        W, or from the pending perturbation of the same z in the same sweep. If it fails, W
+        is left unperturbed."""
+        old = self._take_pending(new.key, new.names, new.offsets)
+        op = noise.Sweep(undo=None if old is None else old.scale, perturb=new.scale)
+        records = noise.sweep(*self._noise_args(new.key, new.names), new.offsets, op, old and old.records)
+        self._pending = dataclasses.replace(new, records=records)
+
+    def _take_pending(self, key, names: list, offsets: list) -> "_Perturbation | None":
+        """The pending perturbation if it is of this z (the caller's sweep undoes it); else
+        None, W restored from any other first."""
+        old, self._pending = self._pending, None
+        if old is not None and old.same_z(key, names, offsets):
+            return old
+        if old is not None:
+            noise.restore(*self._noise_args(old.key, old.names), old.scale, old.offsets, old.records)
+        return None
+
+    def _settle(self) -> None:
+        """Restore W bit for bit if a probe left it perturbed."""
+        self._take_pending(None, [], [])
+
+    def _noise_args(self, key, names) -> tuple[list, list]:
+        """edge_zo.noise's targets and z streams for tensors `names` under `key`."""
+        return [self._target(n) for n in names], [rng.noise_stream(key, n) for n in names]
 
     def add_noise(self, key, alpha: float, names=None) -> None:
-        """W <- W + alpha z(key, name): the MeZO update (g folded into alpha by the caller)."""
+        """W <- W + alpha z(key, name): the MeZO update (g folded into alpha by the caller);
+        when the last probe's z is this one, its undo and the update are one sweep."""
         names = self._names(names)
-        noise.add_noise([self._target(n) for n in names], [rng.noise_stream(key, n) for n in names], alpha)
+        plain = [None] * len(names)  # the update adds z itself, not a shifted probe's
+        old = self._take_pending(key, names, plain)
+        op = noise.Sweep(undo=None if old is None else old.scale, add=alpha)
+        noise.sweep(*self._noise_args(key, names), plain, op, old and old.records)
 
     def add(self, delta: dict[str, np.ndarray]) -> None:
         """W <- W + delta (`shapes[name]`, or a last-dimension vector added to every row): LOREN's update."""
+        self._settle()
         for name in self._names(delta):
             shape = self.shapes[name]
             d = np.asarray(delta[name], dtype=np.float32)
@@ -260,6 +299,7 @@ class Runtime:
     def fold(self, C: dict[str, np.ndarray]) -> None:
         """W <- W + A C on the execution provider, with the currently bound sketch A."""
         _require_lowrank(self, "fold")
+        self._settle()
         for name, c in C.items():
             if name not in self.A:
                 raise ValueError(f"fold: unknown trained matrix {name!r}")
@@ -294,6 +334,7 @@ class Runtime:
 
         copy=False on CPU returns read-only views of the bound buffers: no extra memory.
         """
+        self._settle()
         out = {}
         for name, buf in self.W.items():
             arr = buf.read()
@@ -306,10 +347,28 @@ class Runtime:
 
     def load_weights(self, weights: dict[str, np.ndarray]) -> None:
         """Replace W (a checkpoint's `export_weights`); shapes must match the bundle."""
+        self._settle()
         for name, arr in weights.items():
             if name not in self.W:
                 raise UserError(f"weights for {name!r}, which this bundle does not train")
             self.W[name].write(_shaped(f"W[{name}]", arr, self.W[name].shape, self.W[name].dtype))
+
+
+@dataclass(frozen=True, eq=False)
+class _Perturbation:
+    """W + scale (z(key) + offsets) on tensors `names`, and its exact-restore records."""
+
+    key: object  # edge_zo.rng.Key
+    names: list[str]
+    offsets: list  # per name: None or a float32 last-dimension vector
+    scale: float
+    records: list | None = None
+
+    def same_z(self, key, names: list, offsets: list) -> bool:
+        """Same z and offsets: one sweep can undo this and apply the other."""
+        return (self.key == key and self.names == names
+                and all(a is b or (a is not None and b is not None and np.array_equal(a, b))
+                        for a, b in zip(self.offsets, offsets)))
 
 
 # ---- input checks ------------------------------------------------------------------

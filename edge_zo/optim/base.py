@@ -90,7 +90,9 @@ class Oracle(Protocol):
     add_noise, add), never on the probes. With LowRankProbe the weights are never touched.
     A NoiseProbe must be evaluated so that θ is bit-exactly unchanged afterwards: in a
     temporary (θ + scale·z into a scratch buffer), or in place with a saved copy put back.
-    Perturbing in place and subtracting again is NOT exact in fp32 (or fp16).
+    Perturbing in place and subtracting again is NOT exact in fp32 (or fp16). "Afterwards"
+    is when θ is next observed: the runtime may keep the last probe's perturbation until
+    then, to undo it in the same sweep that applies the next probe or update of that z.
     """
 
     @property

@@ -10,11 +10,12 @@ N = 1 is the paper's algorithm; N > 1 averages more directions per step. The run
 evaluates a NoiseProbe without drifting θ (see `Oracle`), and applies the update as
 `add_noise(key_i, −η g_i / N)`.
 
-Cost outside the forwards: z is drawn 5N times a step, tensor by tensor and block by block
-(perturb and exact restore of each of the 2N probes, then the update; edge_zo/noise.py),
-never held for more than one block per thread. Each sweep is ~11 ns of numpy's ziggurat
-per trained weight on one core, so on a small model and batch it rivals the forwards
-(benchmarks/README.md section 1).
+Cost outside the forwards: z is drawn 3 times a step for N = 1 (perturb +μz; undo +μz and
+perturb −μz in one sweep; undo −μz and add the update in one sweep: the runtime keeps a
+probe's perturbation until W is next needed, edge_zo/noise.py), 4N for N > 1, block by
+block, never held for more than one block per thread. Each sweep is ~17 ns per trained
+weight on one core (the draw ~11 ns, the exact-restore record the rest), so on a small
+model and batch it rivals the forwards (benchmarks/README.md section 1).
 """
 
 from __future__ import annotations

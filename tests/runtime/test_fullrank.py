@@ -199,3 +199,77 @@ def test_a_failing_block_leaves_w_as_it_was(monkeypatch, failing):
     monkeypatch.setattr(rng, "fill_block", real)
     for t, want in zip(ts, (w0, w0, w0.T)):
         assert t.buf.read().tobytes() == want.tobytes()
+
+
+@pytest.mark.parametrize("fail_in", ["perturb", "undo+perturb"])
+def test_a_failing_sweep_leaves_w_unperturbed(monkeypatch, fail_in):
+    # one live tensor of 3 blocks; fails at block 1: block 0 done, blocks 1-2 not
+    w0 = np.random.default_rng(3).standard_normal((3, rng.BLOCK)).astype(np.float32)
+    t = _target(w0.copy(), w0.shape, "out_in")
+    stream = rng.noise_stream(Key.root(10), "W")
+    records = noise.perturb([t], [stream], 1e-3, [None]) if fail_in == "undo+perturb" else None
+    op = noise.Sweep(undo=1e-3 if records else None, perturb=-1e-3)
+    real, failed = rng.fill_block, []
+
+    def flaky(s, b, out):
+        if b == 1 and not failed:  # once: the rollback draws block 1 again
+            failed.append(b)
+            raise MemoryError("block 1")
+        return real(s, b, out)
+
+    monkeypatch.setattr(rng, "fill_block", flaky)
+    monkeypatch.setattr(rng, "threads", lambda: 1)  # block 0 is done before block 1 fails
+    with pytest.raises(MemoryError):
+        noise.sweep([t], [stream], [None], op, records)
+    assert t.buf.read().tobytes() == w0.tobytes()
+
+
+def test_mezo_step_draws_z_3_times_and_equals_separate_sweeps(tmp_path, monkeypatch):
+    # perturb(+mu) | undo(+mu) perturb(-mu) | undo(-mu) add(-eta g): 3 draws instead of 5,
+    # bit for bit what perturb, restore, perturb, restore, add_noise give
+    from edge_zo.optim import mezo
+    tiny = _fullrank(tmp_path)
+    fused, separate = Runtime(tiny.path), Runtime(tiny.path)
+    draws, real = {}, rng.fill_block
+
+    def counting(stream, b, out):
+        draws[(stream, b)] = draws.get((stream, b), 0) + 1
+        return real(stream, b, out)
+
+    class OneAtATime:  # the runtime, but W restored after every probe (nothing fused)
+        shapes = separate.shapes
+        add_noise = separate.add_noise
+
+        def losses(self, probes):
+            out = [separate.losses([p])[0] for p in probes if separate.export_weights(copy=False) is not None]
+            return np.array(out, np.float32)
+
+    config = mezo.MezoConfig(eta=1e-2, mu=1e-2)
+    for rt in (fused, separate):
+        rt.set_batch(**tiny.batch())
+    key = Key.root(4).child("step", 0)
+    monkeypatch.setattr(rng, "fill_block", counting)
+    _, info = mezo.step(mezo.init(fused.shapes, config, Key.root(4)), fused, key)
+    w = fused.export_weights()
+    assert set(draws.values()) == {3} and len({s for s, _ in draws}) == len(fused.shapes)
+    monkeypatch.setattr(rng, "fill_block", real)
+    _, info_separate = mezo.step(mezo.init(separate.shapes, config, Key.root(4)), OneAtATime(), key)
+    np.testing.assert_array_equal(info.losses, info_separate.losses)
+    for name, want in separate.export_weights().items():
+        assert w[name].tobytes() == want.tobytes(), name
+    assert any(not np.array_equal(w[n], tiny.weights[n]) for n in w)  # the step moved W
+
+
+def test_every_read_of_w_after_a_probe_sees_it_restored(tmp_path):
+    tiny = _fullrank(tmp_path)
+    rt = Runtime(tiny.path)
+    rt.set_batch(**tiny.batch())
+    w0, scores0 = rt.export_weights(), rt.scores()
+    probe = FullRankProbe(Key.root(6), 0.5)
+    for read in (rt.scores, lambda: rt.losses([FullRankProbe(Key.root(7), 0.0)])):
+        rt.losses([probe])  # leaves W perturbed until it is needed
+        read()
+    np.testing.assert_array_equal(rt.scores(), scores0)
+    rt.losses([probe])
+    for n, w in rt.export_weights().items():
+        assert w.tobytes() == w0[n].tobytes(), n
