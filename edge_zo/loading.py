@@ -32,6 +32,13 @@ def manifest_record(mat: TrainedMatrix) -> dict | None:
 
 def read_weights(bundle_dir: Path, manifest: Manifest) -> tuple[dict[str, np.ndarray], set[str]]:
     """(matrix name -> W in stored layout, graph names of W that are model initializers)."""
+    records, initializer_names = locate_weights(bundle_dir, manifest)
+    return {name: read_tensor(bundle_dir, manifest, name, rec) for name, rec in records.items()}, initializer_names
+
+
+def locate_weights(bundle_dir: Path, manifest: Manifest) -> tuple[dict[str, dict], set[str]]:
+    """(matrix name -> {location, offset, length} of its W, graph names of W that are model
+    initializers): where each W lies, checked against the manifest, nothing read yet."""
     model_path = bundle_dir / manifest.model_file
     pending = {m.inputs["W"]: m for m in manifest.matrices if manifest_record(m) is None}
     try:
@@ -39,7 +46,7 @@ def read_weights(bundle_dir: Path, manifest: Manifest) -> tuple[dict[str, np.nda
     except (onnxproto.ProtoError, ValueError, OSError) as err:
         raise BundleError(f"{model_path}: not a readable ONNX model ({err}); "
                           "the file is damaged or truncated: re-export or copy it again") from None
-    weights = {}
+    records = {}
     for mat in manifest.matrices:
         graph_name = mat.inputs["W"]
         record = manifest_record(mat)
@@ -52,12 +59,14 @@ def read_weights(bundle_dir: Path, manifest: Manifest) -> tuple[dict[str, np.nda
             if loc.dims != mat.stored_shape or loc.dtype != mat.dtype:
                 raise BundleError(f"{model_path}: initializer {graph_name!r} is {loc.dtype} {list(loc.dims)}, "
                                   f"the manifest says {mat.dtype} {list(mat.stored_shape)}")
-        weights[mat.name] = read_tensor(bundle_dir, model_path, record, mat)
-    return weights, set(found)
+        records[mat.name] = record
+    return records, set(found)
 
 
-def read_tensor(bundle_dir: Path, model_path: Path, record: dict, mat: TrainedMatrix) -> np.ndarray:
-    path = bundle_dir / record["location"] if record.get("location") else model_path
+def read_tensor(bundle_dir: Path, manifest: Manifest, name: str, record: dict) -> np.ndarray:
+    """Matrix `name`'s W (stored layout) from the bytes `record` points at."""
+    mat = next(m for m in manifest.matrices if m.name == name)
+    path = bundle_dir / record["location"] if record.get("location") else bundle_dir / manifest.model_file
     dtype = np.dtype(mat.dtype)
     count = int(np.prod(mat.stored_shape))
     offset = int(record.get("offset", 0))

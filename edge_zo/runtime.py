@@ -2,7 +2,8 @@
 
 `Runtime` is the optimizer's oracle (edge_zo/optim calls it; it never imports the
 optimizer). It owns the bound buffers:
-  W  base weights, read once from the bundle and bound once (CPU: the numpy array itself,
+  W  base weights, read once from the bundle after the session is created (its transient,
+     e.g. constant folding, then lands before them) and bound once (CPU: the numpy array itself,
      wrapped zero-copy by OrtValue.ortvalue_from_numpy; CUDA: a device tensor, no host
      copy). W changes only at `fold`, `add_noise`, `add` and (undone exactly) full-rank
      probes; a full-rank probe's perturbation is undone when W is next needed (`_settle`),
@@ -50,14 +51,20 @@ class Runtime:
         self.threads = threads or (profile.threads if profile is not None else None)
         self.bytes_written = [0]  # every write into a bound input adds its size here
         self.run_seconds = 0.0  # time inside session.run, for host-overhead accounting
-        host_w, initializer_names = loading.read_weights(self.bundle_dir, self.manifest)
+        records, initializer_names = loading.locate_weights(self.bundle_dir, self.manifest)
         self.W: dict[str, Buffer] = {}
 
+        def load_w(name: str, placement) -> Buffer:
+            host = loading.read_tensor(self.bundle_dir, self.manifest, name, records[name])
+            # on CUDA the device tensor is the only copy once `host` goes out of scope
+            return Buffer(host, placement.device, placement.device_id, keep_host=False, counter=self.bytes_written)
+
         def make_initializers(placement):
-            self.W = {name: Buffer(arr, placement.device, placement.device_id, keep_host=False,
-                                   counter=self.bytes_written) for name, arr in host_w.items()}
-            return {self.matrices[n].inputs["W"]: b.value for n, b in self.W.items()
-                    if self.matrices[n].inputs["W"] in initializer_names}
+            # W that are the graph's own initializers go to the session as it is created;
+            # the rest (every exported bundle's) are read after, so that creation's transient
+            # (constant folding; SmolLM2's tied lm_head: +214 MiB) does not stack on W
+            self.W = {n: load_w(n, placement) for n in records if self.matrices[n].inputs["W"] in initializer_names}
+            return {self.matrices[n].inputs["W"]: b.value for n, b in self.W.items()}
 
         placement = place(provider, profile, mem_limit_mib=mem_limit_mib)
         try:
@@ -67,7 +74,7 @@ class Runtime:
         except Exception as err:  # onnxruntime's own errors: name the file, no traceback
             raise BundleError(f"{self.model_path}: onnxruntime cannot load it "
                               f"({type(err).__name__}: {str(err).strip()[:300]})") from None
-        del host_w  # on CUDA the device tensors are the only copy now
+        self.W = {n: self.W[n] if n in self.W else load_w(n, self.placement) for n in records}
         self.fixed_slots = loading.check_graph(self.session, self.manifest, self.model_path)
         self._allocate()
         self.probe_slots = probe_slots or self.manifest.probe_slots

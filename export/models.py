@@ -12,6 +12,8 @@ import hashlib
 import importlib.util
 import os
 import re
+import shutil
+import tempfile
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -113,10 +115,19 @@ def _convert_gguf(package: Path, gguf: str, target: Path) -> None:
     config.pop("quantization_config", None)
     model = LlamaForCausalLM(LlamaConfig.from_dict(config))
     model.load_state_dict(quantized.state_dict())
-    staging = target.with_name(target.name + ".partial")
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    staging.rename(target)
+    # a staging folder of this process's own: two exports started together each convert,
+    # and the first rename wins (a shared staging name crashed the second one's save)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=target.name + ".partial-", dir=target.parent))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        staging.rename(target)
+    except OSError:
+        if not (target / "config.json").is_file():  # not a lost race: a real failure
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def weights_sha256(folder: Path) -> str:

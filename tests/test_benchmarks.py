@@ -62,9 +62,13 @@ def test_torch_zo_mopi(dirs):
 
 def test_memory(dirs):
     report = run("memory.py", dirs, "--presets", "zo-mopi")
-    assert set(report["medians"]) == {"plain", "finetune:zo-mopi", "backprop", "backprop-all"}
+    assert set(report["medians"]) == {"plain", "plain-edge", "finetune:zo-mopi", "backprop", "backprop-all"}
     ratios = report["ratios"]["zo-mopi"]
     assert positive(ratios["finetune_vs_plain"]) and positive(ratios["finetune_vs_backprop"])
+    assert positive(ratios["finetune_vs_plain_edge_options"])
+    phases = [p["phase"] for p in report["runs"]["finetune:zo-mopi"][0]["phases"]]
+    assert phases[:5] == ["imports", "tokenizer", "data", "runtime (session + W)", "optimizer state"]
+    assert phases.count("step") == 2 and phases[-1] == "plot"  # --tiny: 2 steps
     assert isinstance(ratios["meets_goal"], bool)
 
 

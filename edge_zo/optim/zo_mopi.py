@@ -38,7 +38,7 @@ class ZoMopiConfig(SketchConfig):
 
     name: ClassVar[str] = "zo-mopi"
     schedule: str = opt("cosine", "η schedule: cosine by default, since a step of norm η√k stalls at a floor set by η")
-    decay_steps: int = opt(4000, "decay horizon; 4000 = the README's ZO-MOPI run, set it to your step count")
+    decay_steps: int = opt(4000, "decay horizon (4000: the README's ZO-MOPI run); finetune sets it to the run's steps unless given")
     k: int = opt(32, "rank of the orthogonalized update O (k <= r; clamped per matrix to min(k, r, n))")
     beta: float = opt(0.9, "momentum β of M = βM + (1−β)G (0: no momentum, the released code)")
     reproject: bool = opt(True, "on a redraw carry the momentum over: M ← A_newᵀ A_old M (False: keep M as is)")
