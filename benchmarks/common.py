@@ -14,18 +14,17 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
-WORK = Path(tempfile.gettempdir()) / "edge-zo-bench-issue8"
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import forward  # noqa: E402  (LABELS, build_tiny, export_once, open_session, make_feed, peak_rss_mib)
 
 peak_rss_mib, rss_mib, open_session = forward.peak_rss_mib, forward.rss_mib, forward.open_session
+WORK = forward.WORK
 SHAPES = {"minilm": (16, 64), "smollm2-135m": (8, 32), "tiny": (4, 16)}  # default batch x seq
 
 
@@ -46,6 +45,8 @@ def add_common(p, batch: int | None = None, seq: int | None = None) -> None:
     p.add_argument("--seq", type=int, default=seq, help="tokens per row (default: per model)")
     p.add_argument("--threads", type=int, default=2, help="intra-op threads (onnxruntime and torch)")
     p.add_argument("--rank", type=int, default=8, help="r of the low-rank bundle")
+    p.add_argument("--head", default="auto", help="edge-zo export's --head (auto: MiniLM gets the linear head; "
+                   "label-embedding: MiniLM's head before 2026-11-23, no probe to fit)")
     p.add_argument("--work", type=Path, default=WORK, help="where exports are kept between runs")
     p.add_argument("--results", type=Path, default=RESULTS, help="folder for the JSON / PNG results")
 
@@ -73,10 +74,10 @@ def export(args, graph: str) -> Path:
     from export.pipeline import ExportOptions, export_bundle
     model = model_arg(args)
     name = Path(model).name if args.tiny else model
-    folder = args.work / f"{name}-{graph}-r{args.rank}-t{args.seq}"
+    folder = args.work / f"{name}-{graph}-r{args.rank}-t{args.seq}{'' if args.head == 'auto' else '-' + args.head}"
     if not (folder / "manifest.json").is_file():
         export_bundle(ExportOptions(
-            model=model, task="classification", out=folder, force=True, rank=args.rank, graph=graph,
+            model=model, task="classification", out=folder, force=True, rank=args.rank, graph=graph, head=args.head,
             label_words=forward.LABELS.get(model, [" terrible", " great"]),
             probe_slots=4 if graph == "lowrank" else 1, max_seq_len=max(args.seq, 16)))
     return folder

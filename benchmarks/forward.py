@@ -28,6 +28,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
+WORK = Path(tempfile.gettempdir()) / "edge-zo-bench-issue8"  # exports shared by every script
 LABELS = {"minilm": ["negative", "positive"], "smollm2-135m": [" negative", " positive"]}
 
 
@@ -66,8 +67,7 @@ def parse(argv):
     p.add_argument("--probes", type=int, default=4, help="the P > 1 measured besides P = 1")
     p.add_argument("--rounds", type=int, default=3, help="memory workers per variant")
     p.add_argument("--iters", type=int, default=10, help="timed rounds (plain, P = 1, P > 1 each, alternating)")
-    p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "edge-zo-bench",
-                   help="where exports are kept between runs")
+    p.add_argument("--work", type=Path, default=WORK, help="where exports are kept between runs")
     p.add_argument("--out", type=Path, default=None, help="JSON file (default benchmarks/results/)")
     p.add_argument("--worker", type=Path, default=None, help=argparse.SUPPRESS)
     p.add_argument("--bundle", type=Path, default=None, help=argparse.SUPPRESS)
@@ -91,7 +91,8 @@ def export_once(model: str, args) -> tuple[Path, Path]:
     """(training bundle, plain graph), exported on the first run and reused after."""
     from export.pipeline import ExportOptions, export_bundle, export_inference_graph
     tag = Path(model).name if args.tiny else model
-    bundle = args.work / f"{tag}-r{args.rank}"
+    # the same folder as benchmarks/common.export's low-rank bundle: one export serves all scripts
+    bundle = args.work / f"{tag}-lowrank-r{args.rank}-t{max(args.seq, 16)}{'' if args.probes == 4 else f'-p{args.probes}'}"
     plain = args.work / f"{tag}-plain" / "model.onnx"
     words = LABELS.get(model, [" terrible", " great"])
     opts = dict(model=model, task="classification", rank=args.rank, label_words=words,

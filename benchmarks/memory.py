@@ -7,14 +7,20 @@
 Each variant runs in its own fresh process; peak RSS is its VmHWM, and the RSS after its
 imports (before any model) is recorded so the import baselines (onnxruntime vs torch) can
 be told apart from the model's memory:
-  plain      the bundle's inference.onnx (its W bound once as inputs), 3 forwards
+  plain      the bundle's inference.onnx (its W bound once as inputs), 3 forwards, onnxruntime's
+             default session options
+  plain-edge the same with edge-zo's session options (edge_zo.providers.session_options:
+             memory patterns off, which keeps ORT from allocating a second activation block
+             on the second run of a shape): the baseline with the job's own arena behaviour
   finetune   the real loop (edge_zo.loop.finetune) on the low-rank bundle, a few steps of
              each preset asked for, data made of texts long enough that every batch is
              exactly batch x seq tokens (the same shape as the plain forwards)
   backprop   PyTorch eager, the exporter's module and loss head, AdamW on the bundle's
              trained matrices (and on every parameter: `backprop-all`), loss.backward()
 Variants alternate round by round; medians over rounds. Goal (DESIGN.md section 9):
-finetune <= 1.25x plain; a fraction of backprop's.
+finetune <= 1.25x plain; a fraction of backprop's. Each plain and finetune run also records
+`phases`: VmRSS and VmHWM (MiB) after each phase of the job (imports, tokenizer, runtime,
+optimizer state, each step, checkpoint, plot), which is where section 3's breakdown comes from.
 """
 
 from __future__ import annotations
@@ -57,7 +63,8 @@ def main(argv=None) -> int:
         return 0
     clock, machine = common.Stopwatch(), common.machine()  # load average at the start
     paths = common.exports(args, ("lowrank",))
-    variants = {"plain": paths["lowrank"], **{f"finetune:{p}": paths["lowrank"] for p in args.presets},
+    variants = {"plain": paths["lowrank"], "plain-edge": paths["lowrank"],
+                **{f"finetune:{p}": paths["lowrank"] for p in args.presets},
                 "backprop": None, "backprop-all": None}
     runs = {v: [] for v in variants}
     for i in range(args.rounds):
@@ -80,6 +87,7 @@ def ratios(med: dict, presets: list[str]) -> dict:
     for p in presets:
         ft = f"finetune:{p}"
         out[p] = {"finetune_vs_plain": med[ft]["peak_rss_mib"] / med["plain"]["peak_rss_mib"],
+                  "finetune_vs_plain_edge_options": med[ft]["peak_rss_mib"] / med["plain-edge"]["peak_rss_mib"],
                   "finetune_vs_plain_above_imports": above(ft) / above("plain"),
                   "finetune_vs_backprop": med[ft]["peak_rss_mib"] / med["backprop"]["peak_rss_mib"],
                   "finetune_vs_backprop_all": med[ft]["peak_rss_mib"] / med["backprop-all"]["peak_rss_mib"],
@@ -98,20 +106,61 @@ def child_cmd(args, variant: str, path: Path | None) -> list[str]:
 def plain_worker(args) -> dict:
     import numpy  # noqa: F401  (the imports counted in its baseline, like the others')
     import onnxruntime  # noqa: F401
-    import_rss = common.rss_mib()
+    import_rss, phases = common.rss_mib(), Phases()
+    if args.worker == "plain-edge":
+        common.open_session = edge_session
     plain = common.Plain(args.path, args.threads)
+    phases.mark("session + W")
     plain.set_batch(*common.token_batch(args.batch, args.seq, 2))
-    for _ in range(3):
+    for i in range(3):
         plain.run()
-    return {"peak_rss_mib": common.peak_rss_mib(), "import_rss_mib": import_rss}
+        phases.mark(f"forward {i}")
+    return {"peak_rss_mib": common.peak_rss_mib(), "import_rss_mib": import_rss, "phases": phases.marks}
+
+
+def edge_session(graph: Path, threads: int):
+    """inference.onnx opened with the options every edge-zo session uses."""
+    import onnxruntime as ort
+    from edge_zo.providers import session_options
+    return ort.InferenceSession(str(graph), session_options(threads), providers=["CPUExecutionProvider"])
+
+
+class Phases:
+    """VmRSS and VmHWM (MiB) after each named phase of this worker process."""
+
+    def __init__(self):
+        self.marks: list[dict] = []
+        self.mark("imports")
+
+    def mark(self, name: str) -> None:
+        self.marks.append({"phase": name, "rss_mib": common.rss_mib(), "hwm_mib": common.peak_rss_mib()})
+
+    def around(self, owner, name: str, label: str) -> None:
+        """Mark `label` after every call of owner.name (a function of edge_zo.loop, a method)."""
+        inner = getattr(owner, name)
+
+        def marked(*a, **k):
+            out = inner(*a, **k)
+            self.mark(label)
+            return out
+        setattr(owner, name, marked)
+
+
+# edge_zo.loop's calls, in the job's order -> phase ending there (the optimizer's state is
+# initialised just before the BatchSchedule is made)
+LOOP_PHASES = {"load_tokenizer": "tokenizer", "load_examples": "data", "Runtime": "runtime (session + W)",
+               "BatchSchedule": "optimizer state", "snapshot": "checkpoint", "plot": "plot"}
 
 
 def finetune_worker(args) -> dict:
     """The real loop for a few steps; every batch is exactly batch x seq tokens."""
     import tempfile
-    from edge_zo.loop import finetune
+    from edge_zo import checkpoint, loop
     from edge_zo.runconfig import RunConfig
-    import_rss = common.rss_mib()
+    import_rss, phases = common.rss_mib(), Phases()
+    for name, label in LOOP_PHASES.items():
+        phases.around(loop, name, label)
+    phases.around(checkpoint.Journal, "append", "step")  # the journal line ends each step
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "long.jsonl"
         data.write_text("".join(json.dumps({"sentence": TEXT * 40, "label": str(i % 2)}) + "\n"
@@ -119,8 +168,8 @@ def finetune_worker(args) -> dict:
         config = RunConfig(bundle=str(args.path), data=str(data), template="sst2-plain",
                            preset=args.worker.split(":", 1)[1], steps=args.steps, batch_size=args.batch,
                            eval_every=0, checkpoint_every=args.steps, threads=args.threads)
-        finetune(config, Path(tmp) / "run")
-    return {"peak_rss_mib": common.peak_rss_mib(), "import_rss_mib": import_rss}
+        loop.finetune(config, Path(tmp) / "run")
+    return {"peak_rss_mib": common.peak_rss_mib(), "import_rss_mib": import_rss, "phases": phases.marks}
 
 
 def backprop_worker(args) -> dict:
@@ -147,7 +196,7 @@ def backprop_worker(args) -> dict:
             "trained_params": sum(p.numel() for p in params)}
 
 
-WORKERS = {"plain": plain_worker, "finetune": finetune_worker, "backprop": backprop_worker,
+WORKERS = {"plain": plain_worker, "plain-edge": plain_worker, "finetune": finetune_worker, "backprop": backprop_worker,
            "backprop-all": backprop_worker}
 
 

@@ -6,7 +6,8 @@
 
 For each optimizer (its default preset, plus `paper-code`), a step is timed the way the
 finetune loop runs it (set_batch, then `opt.step` against edge_zo.runtime.Runtime at
-probe_slots = 1: probes, host math, binding), and divided by the time of the same number
+finetune's default probe_slots = 1, or `--probe-slots P` low-rank probes a forward call:
+probes, host math, binding), and divided by the time of the same number
 of forward passes of the same tokens through the plain inference model (the bundle's
 inference.onnx: the same model and head, no A/D inputs, no probe axis). Low-rank methods
 run on the low-rank bundle; MeZO and LOREN on the full-rank bundle (W only; the runtime
@@ -49,6 +50,8 @@ def parse(argv):
     common.add_common(p)
     p.add_argument("--rounds", type=int, default=None, help="timed rounds (default 8; SmolLM2 4)")
     p.add_argument("--presets", nargs="+", default=list(PRESETS), choices=list(PRESETS))
+    p.add_argument("--probe-slots", type=int, default=1,
+                   help="low-rank probes per forward call (finetune's probe_slots; default 1, as finetune)")
     p.add_argument("--worker", type=Path, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     common.fill_shape(args)
@@ -65,18 +68,19 @@ def main(argv=None) -> int:
     clock, machine = common.Stopwatch(), common.machine()  # load average at the start
     paths = common.exports(args, tuple(sorted({PRESETS[p] for p in args.presets})))
     spec = {"paths": {k: str(v) for k, v in paths.items()}, "presets": args.presets, "batch": args.batch,
-            "seq": args.seq, "threads": args.threads, "rounds": args.rounds}
+            "seq": args.seq, "threads": args.threads, "rounds": args.rounds, "probe_slots": args.probe_slots}
     spec_file = args.work / f"step_cost-{common.tag(args)}.json"
     spec_file.write_text(json.dumps(spec))
     export_s = clock()
     samples = common.run_child([sys.executable, __file__, "--worker", str(spec_file)])
     from edge_zo.rng import threads as noise_threads
-    report = {"model": common.tag(args), **{k: spec[k] for k in ("batch", "seq", "threads", "rounds")},
+    report = {"model": common.tag(args), **{k: spec[k] for k in ("batch", "seq", "threads", "rounds", "probe_slots")},
               "command": "python benchmarks/step_cost.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "noise_threads": noise_threads(),
               "rank": args.rank, "goal": GOAL, **machine, "summary": summarize(samples),
               "samples": samples, "export_s": export_s, "wall_s": clock()}
-    common.write_json(report, args.results / f"step_cost-{common.tag(args)}.json")
+    slots = f"-P{args.probe_slots}" if args.probe_slots > 1 else ""
+    common.write_json(report, args.results / f"step_cost-{common.tag(args)}{slots}.json")
     for name, row in report["summary"].items():
         print(f"{name:10s} step/bare-forwards {row['ratio']:.3f}  step {row['step_s']:.3f}s  "
               f"{row['forward_passes']} fwd  host {row['host_overhead_s'] * 1e3:.1f} ms")
@@ -97,6 +101,8 @@ def worker(spec: dict) -> dict:
     from edge_zo.runtime import Runtime
     paths, threads = {k: Path(v) for k, v in spec["paths"].items()}, spec["threads"]
     runtimes = {g: Runtime(p, threads=threads, probe_slots=1) for g, p in paths.items()}
+    if "lowrank" in runtimes:
+        runtimes["lowrank"].set_probe_slots(spec["probe_slots"])  # checked against the bundle's
     if len(set(paths.values())) == 1:  # --tiny: one bundle serves both kinds of probe
         runtimes = dict.fromkeys(paths, next(iter(runtimes.values())))
     bundle = next(iter(paths.values()))
