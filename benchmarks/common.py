@@ -139,6 +139,11 @@ def median(xs) -> float:
     return float(statistics.median(xs)) if xs else float("nan")
 
 
+def command(script: str, argv: list[str] | None) -> str:
+    """The command line that produced a report, recorded in its JSON."""
+    return " ".join(["python", f"benchmarks/{Path(script).name}", *(sys.argv[1:] if argv is None else argv)])
+
+
 def write_json(report: dict, path: Path) -> Path:
     report.setdefault("load_avg_end", os.getloadavg())
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -101,7 +101,7 @@ def main(argv=None) -> int:
               for p in args.presets}
     with_ce = all(r.get("best_dev_ce") is not None for r in runs.values())
     chosen_ce = {p: min(candidates(runs, p), key=lambda r: r["best_dev_ce"]) for p in args.presets} if with_ce else {}
-    report = {"model": common.tag(args), "data": str(train.parent), "template": args.template,
+    report = {"model": common.tag(args), "command": common.command(__file__, argv), "data": str(train.parent), "template": args.template,
               "optimizer_overrides": args.overrides, "batch_size": args.batch,
               "dev_examples": args.dev_examples, "seed": args.seed, "head": args.head,
               "budget_forwards": args.budget, "threads": args.threads, "rank": args.rank, **machine,

@@ -72,7 +72,7 @@ def main(argv=None) -> int:
         for v in order:
             runs[v].append(common.run_child(child_cmd(args, v, variants[v])))
     med = {v: {k: common.median(r[k] for r in rs) for k in ("peak_rss_mib", "import_rss_mib")} for v, rs in runs.items()}
-    report = {"model": common.tag(args), "batch": args.batch, "seq": args.seq, "threads": args.threads,
+    report = {"model": common.tag(args), "command": common.command(__file__, argv), "batch": args.batch, "seq": args.seq, "threads": args.threads,
               "rank": args.rank, "steps": args.steps, "rounds": args.rounds, "goal": GOAL, **machine,
               "medians": med, "ratios": ratios(med, args.presets), "runs": runs, "wall_s": clock()}
     common.write_json(report, args.results / f"memory-{common.tag(args)}.json")
@@ -99,7 +99,7 @@ def ratios(med: dict, presets: list[str]) -> dict:
 def child_cmd(args, variant: str, path: Path | None) -> list[str]:
     cmd = [sys.executable, __file__, "--worker", variant, "--model", args.model, "--batch", str(args.batch),
            "--seq", str(args.seq), "--threads", str(args.threads), "--rank", str(args.rank),
-           "--steps", str(args.steps), "--work", str(args.work)]
+           "--steps", str(args.steps), "--work", str(args.work), "--head", args.head]
     return cmd + (["--path", str(path)] if path else []) + (["--tiny"] if args.tiny else [])
 
 

@@ -75,7 +75,7 @@ def main(argv=None) -> int:
     samples = common.run_child([sys.executable, __file__, "--worker", str(spec_file)])
     from edge_zo.rng import threads as noise_threads
     report = {"model": common.tag(args), **{k: spec[k] for k in ("batch", "seq", "threads", "rounds", "probe_slots")},
-              "command": "python benchmarks/step_cost.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "command": common.command(__file__, argv),
               "noise_threads": noise_threads(),
               "rank": args.rank, "goal": GOAL, **machine, "summary": summarize(samples),
               "samples": samples, "export_s": export_s, "wall_s": clock()}

@@ -66,8 +66,8 @@ def main(argv=None) -> int:
     med = {side: {k: common.median(r[k] for r in rs) for k in ("step_s", "peak_rss_mib", "import_rss_mib")}
            for side, rs in runs.items()}
     e, t = med["edge-zo"], med["torch"]
-    report = {"model": common.tag(args), "batch": args.batch, "seq": args.seq, "threads": args.threads,
-              "rank": args.rank, "k": runs["edge-zo"][0]["k"], "N": runs["edge-zo"][0]["N"],
+    report = {"model": common.tag(args), "command": common.command(__file__, argv), "batch": args.batch,
+              "seq": args.seq, "threads": args.threads, "rank": args.rank, "k": runs["edge-zo"][0]["k"], "N": runs["edge-zo"][0]["N"],
               "steps_per_process": args.steps, "pairs": args.pairs, **machine, "medians": med,
               "ratios": {"steps_per_s_edge_vs_torch": t["step_s"] / e["step_s"],
                          "peak_rss_edge_vs_torch": e["peak_rss_mib"] / t["peak_rss_mib"],
@@ -82,7 +82,7 @@ def main(argv=None) -> int:
 def child_cmd(args, side: str, bundle: Path) -> list[str]:
     cmd = [sys.executable, __file__, "--worker", side, "--bundle", str(bundle), "--model", args.model,
            "--batch", str(args.batch), "--seq", str(args.seq), "--threads", str(args.threads),
-           "--rank", str(args.rank), "--steps", str(args.steps), "--work", str(args.work)]
+           "--rank", str(args.rank), "--steps", str(args.steps), "--work", str(args.work), "--head", args.head]
     return cmd + (["--tiny"] if args.tiny else [])
 
 
@@ -122,7 +122,7 @@ def load_torch_core(args):
     model = common.model_arg(args)
     prep = prepare(ExportOptions(model=model, task="classification", out=args.work / "unused",
                                  label_words=common.forward.LABELS.get(model, [" terrible", " great"]),
-                                 max_seq_len=args.seq))
+                                 max_seq_len=args.seq, head=args.head))
     try:
         prep.model.set_attn_implementation("sdpa")  # what the authors' HF model loads by default
     except Exception:  # noqa: BLE001 - eager stays; the worker records which
@@ -137,7 +137,8 @@ def torch_worker(args) -> dict:
     config = optimizer_config("paper-code", args.rank)
     ids, mask, labels = (torch.from_numpy(a) for a in common.token_batch(
         args.batch, args.seq, len(prep.labels.words)))
-    mats = {name: prep.model.get_parameter(name) for name in prep.targets}
+    # the low-rank matrices; a dense linear head (2 x H) has no r-dimensional sketch
+    mats = {name: prep.model.get_parameter(name) for name in prep.targets if name not in prep.dense}
     zo = TorchZoMopi(lambda: core(ids, mask, labels)[0][0].item(), mats, config)
     times = []
     for t in range(args.steps + 1):
