@@ -33,7 +33,8 @@ def manifest_record(mat: TrainedMatrix) -> dict | None:
 def read_weights(bundle_dir: Path, manifest: Manifest) -> tuple[dict[str, np.ndarray], set[str]]:
     """(matrix name -> W in stored layout, graph names of W that are model initializers)."""
     records, initializer_names = locate_weights(bundle_dir, manifest)
-    return {name: read_tensor(bundle_dir, manifest, name, rec) for name, rec in records.items()}, initializer_names
+    model_path = bundle_dir / manifest.model_file
+    return {m.name: read_tensor(bundle_dir, model_path, records[m.name], m) for m in manifest.matrices}, initializer_names
 
 
 def locate_weights(bundle_dir: Path, manifest: Manifest) -> tuple[dict[str, dict], set[str]]:
@@ -63,10 +64,9 @@ def locate_weights(bundle_dir: Path, manifest: Manifest) -> tuple[dict[str, dict
     return records, set(found)
 
 
-def read_tensor(bundle_dir: Path, manifest: Manifest, name: str, record: dict) -> np.ndarray:
-    """Matrix `name`'s W (stored layout) from the bytes `record` points at."""
-    mat = next(m for m in manifest.matrices if m.name == name)
-    path = bundle_dir / record["location"] if record.get("location") else bundle_dir / manifest.model_file
+def read_tensor(bundle_dir: Path, model_path: Path, record: dict, mat: TrainedMatrix) -> np.ndarray:
+    """Matrix `mat`'s W (stored layout) from the bytes `record` points at."""
+    path = bundle_dir / record["location"] if record.get("location") else model_path
     dtype = np.dtype(mat.dtype)
     count = int(np.prod(mat.stored_shape))
     offset = int(record.get("offset", 0))

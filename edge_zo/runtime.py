@@ -55,7 +55,7 @@ class Runtime:
         self.W: dict[str, Buffer] = {}
 
         def load_w(name: str, placement) -> Buffer:
-            host = loading.read_tensor(self.bundle_dir, self.manifest, name, records[name])
+            host = loading.read_tensor(self.bundle_dir, self.model_path, records[name], self.matrices[name])
             # on CUDA the device tensor is the only copy once `host` goes out of scope
             return Buffer(host, placement.device, placement.device_id, keep_host=False, counter=self.bytes_written)
 
