@@ -39,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--head", choices=["auto", "label-words", "linear", "label-embedding", "classifier"], default="auto",
         help="classification scores: label-word logits of the LM head; for encoders such as "
              "MiniLM, a trainable linear head on the sentence embedding (linear: starts as "
-             "label-embedding, fitted by the linear probe of `finetune`) or the fixed cosine "
+             "label-embedding, fitted by the linear probe of `finetune`; on a language model it reads "
+             "the last token and starts as label words) or the fixed cosine "
              "similarity to each label word's embedding (label-embedding); or a "
              "sequence-classification head (auto: the folder's classifier, else label words "
              "on a language model, else linear on an encoder)")

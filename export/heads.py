@@ -13,6 +13,9 @@ Five heads (docs/export.md, "Scores"):
   matrix (`linear_head.weight`, bias in its last column), initialised to
   [scale · e_c, 0] so that it scores exactly like `label-embedding` before it is fitted.
   The graph also outputs the features [P, B, hidden + 1] the linear probe is fitted on.
+  On a language model (`last_token`) the features are [unit(last non-pad hidden state), 1]
+  and e_c are the label words' LM-head rows, all scaled by one constant: before it is
+  fitted it ranks the labels exactly as `label-words` does (same argmax, zero-shot).
 - `causal-lm`: mean NLL of the tokens where loss_mask is 1, each predicted from the
   position before it; logits only at those positions (NonZero + Gather).
 The token batch is tiled P times (probe-major) so probe p runs with D[p] (lowrank.py).
@@ -38,8 +41,9 @@ class TrainingGraph(nn.Module):
 
     def __init__(self, model: nn.Module, head: str, trained_modules: list[str],
                  label_token_ids: list[int] | None = None,
-                 label_embeddings: torch.Tensor | None = None):
+                 label_embeddings: torch.Tensor | None = None, last_token: bool = False):
         super().__init__()
+        self.last_token = last_token  # linear head: a language model's last token, not a mean
         if head not in HEADS:
             raise ValueError(f"unknown head {head!r}")
         if head == "label-embedding" and label_embeddings is None:
@@ -67,7 +71,8 @@ class TrainingGraph(nn.Module):
             pooled = unit(mean_pool(self._hidden(ids, mask), mask))
             logits = EMBEDDING_SCALE * pooled @ self.label_embeddings.t()
         elif self.head == "linear":
-            features = linear_features(self._hidden(ids, mask), mask)
+            hidden = self._hidden(ids, mask)
+            features = last_token_features(hidden, mask) if self.last_token else linear_features(hidden, mask)
             scores = getattr(self.model, LINEAR_HEAD)(features).reshape(probes, input_ids.shape[0], -1)
             return (candidate_cross_entropy(scores, target), scores,
                     features.reshape(probes, input_ids.shape[0], -1))
@@ -80,9 +85,7 @@ class TrainingGraph(nn.Module):
         return self.model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
 
     def _label_word_logits(self, ids, mask):
-        hidden = self._hidden(ids, mask)
-        last = last_nonpad_index(mask)
-        h_last = hidden.gather(1, last[:, None, None].expand(-1, 1, hidden.shape[-1])).squeeze(1)
+        h_last = last_hidden(self._hidden(ids, mask), mask)
         head = self.model.get_output_embeddings()
         logits = h_last @ head.weight[self.label_token_ids].t()
         if getattr(head, "bias", None) is not None:
@@ -117,6 +120,38 @@ def linear_features(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """[unit(mean-pooled hidden), 1]: the linear head's features, bias column last."""
     pooled = unit(mean_pool(hidden, mask))
     return torch.cat([pooled, torch.ones_like(pooled[:, :1])], dim=1)
+
+
+def last_hidden(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[B, H]: each row's hidden state at its last non-pad position."""
+    last = last_nonpad_index(mask)
+    return hidden.gather(1, last[:, None, None].expand(-1, 1, hidden.shape[-1])).squeeze(1)
+
+
+def last_token_features(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[unit(last non-pad hidden state), 1]: a language model's linear-head features, fp32."""
+    pooled = unit(last_hidden(hidden, mask).float())
+    return torch.cat([pooled, torch.ones_like(pooled[:, :1])], dim=1)
+
+
+@torch.no_grad()
+def label_rows(model: nn.Module, token_ids: list[int]) -> torch.Tensor:
+    """[C, H]: the label tokens' LM-head rows over the largest row norm. One constant for
+    every row keeps the labels' ranking of each text (the zero-shot argmax) unchanged."""
+    rows = model.get_output_embeddings().weight[token_ids].float()
+    return rows / rows.norm(dim=1).max()
+
+
+@torch.no_grad()
+def last_token_linear_reference(model: nn.Module, batch: dict) -> tuple:
+    """(loss, scores [B, C]) of a language model's unfitted linear head from the model's
+    own forward (torch.nn.functional's normalize, not this module's `unit`)."""
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state.float()
+    last = hidden[torch.arange(ids.shape[0]), mask.sum(1) - 1]  # right padding
+    features = torch.cat([nn.functional.normalize(last, dim=-1), torch.ones_like(last[:, :1])], dim=1)
+    scores = features @ getattr(model, LINEAR_HEAD).weight.float().t()
+    return float(nn.functional.cross_entropy(scores, batch["labels"])), scores.numpy()
 
 
 def add_linear_head(encoder: nn.Module, embeddings: torch.Tensor) -> str:

@@ -68,7 +68,7 @@ class Prepared:
 
     def core(self, modules: list[str]) -> TrainingGraph:
         return TrainingGraph(self.model, self.head, modules, self.labels.token_ids,
-                             self.label_embeddings).eval()
+                             self.label_embeddings, last_token=self.source.arch.causal).eval()
 
 
 def export_bundle(opts: ExportOptions) -> Manifest:
@@ -114,13 +114,15 @@ def prepare(opts: ExportOptions) -> Prepared:
     opts.max_seq_len = _check_seq_len(source, opts.max_seq_len)
     head = choose_head(source, opts.task, opts.head)
     tokenizer_file, tokenizer = vocab.load_tokenizer(source.folder)
-    labels = vocab.labels_for(opts, head, tokenizer, source.config)
+    labels = vocab.labels_for(opts, head, tokenizer, source.config, source.arch.causal)
     embeddings = None
-    if head in ENCODER_HEADS:
+    if head in ENCODER_HEADS and not source.arch.causal:
         model = load_encoder(source, DTYPES[opts.dtype], labels.pad_token_id)
         embeddings = heads.label_embeddings(model, tokenizer, labels.words)
     else:
         model = models.load_model(source, head, len(labels.words), DTYPES[opts.dtype], labels.pad_token_id)
+    if head == "linear" and source.arch.causal:
+        embeddings = heads.label_rows(model, labels.token_ids)
     eligible = models.eligible_matrices(model, head)
     targets = models.select_targets(eligible, opts.targets or list(source.arch.default_targets))
     if opts.graph == "lowrank":
@@ -134,7 +136,10 @@ def prepare(opts: ExportOptions) -> Prepared:
 def choose_head(source: models.Source, task: str, head: str) -> str:
     """models.choose_head, plus the encoder heads `linear` (the auto choice for an encoder
     without a trained classification head, such as MiniLM, where a fresh classifier would
-    score at random) and `label-embedding` (the same scores, nothing to fit)."""
+    score at random) and `label-embedding` (the same scores, nothing to fit). `linear` on a
+    language model reads its last token instead (it starts as the label words' scores)."""
+    if head == "linear" and task == "classification" and source.arch.causal:
+        return "linear"
     auto_encoder = head == "auto" and task == "classification" and not source.arch.causal \
         and not models._is_sequence_classifier(source.config)
     if head not in ENCODER_HEADS and not auto_encoder:
@@ -187,6 +192,8 @@ def write_bundle(prep: Prepared, opts: ExportOptions, folder: Path) -> Manifest:
 
 
 def _reference(prep: Prepared, batch: dict) -> tuple:
+    if prep.head == "linear" and prep.source.arch.causal:
+        return heads.last_token_linear_reference(prep.model, batch)
     if prep.head in ENCODER_HEADS:  # a linear head starts as the label-embedding scores
         return heads.label_embedding_reference(prep.model, prep.label_embeddings, batch)
     return checks.reference(prep.model, prep.head, prep.labels.token_ids, batch)

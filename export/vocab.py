@@ -27,7 +27,7 @@ def load_tokenizer(folder: Path):
     return path, AutoTokenizer.from_pretrained(folder)
 
 
-def labels_for(opts, head: str, tokenizer, config) -> Labels:
+def labels_for(opts, head: str, tokenizer, config, causal: bool = False) -> Labels:
     pad = tokenizer.pad_token_id
     if pad is None:
         pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
@@ -39,7 +39,9 @@ def labels_for(opts, head: str, tokenizer, config) -> Labels:
     if len(words) < 2:
         raise UserError("--task classification needs at least two --label-words, "
                         "e.g. --label-words ' terrible' ' great'")
-    ids = [_single_token(tokenizer, w) for w in words] if head == "label-words" else []
+    # A language model's linear head starts as its label words' LM-head rows: one token each.
+    scored_by_tokens = head == "label-words" or (head == "linear" and causal)
+    ids = [_single_token(tokenizer, w) for w in words] if scored_by_tokens else []
     return Labels(words, ids, pad)
 
 

@@ -82,3 +82,23 @@ def test_convergence(dirs):
         assert r["forward_passes"] <= 40 + 10  # the budget, up to one step's forwards
     assert set(report["ratios"]) == {"zo_muon_over_zo_mopi", "zo_muon_over_mezo"}
     assert (results / "convergence-tiny.png").stat().st_size > 1000
+
+
+def test_quality(dirs, shared_data):
+    """One finetune cell and one in-context cell on real SST-2 rows, then the table."""
+    work, results = dirs
+    cell = run("quality.py", dirs, "--task", "sst2", "--seeds", "0")
+    assert cell["method"] == "finetune" and cell["metric"] == "acc" and cell["test_rows"] == 32
+    steps = [e["step"] for e in cell["evals"]]
+    assert steps[0] == 0 and steps[-1] == cell["steps"] and cell["evals"][-1]["forward_passes"] <= 24
+    for e in cell["evals"]:
+        assert 0 <= e["test_acc"] <= 1 and 0 <= e["eval_acc"] <= 1
+    best = next(e for e in cell["evals"] if e["step"] == cell["best_dev_step"])
+    assert cell["summary"]["best_dev_acc"] == best["test_acc"]  # the snapshot's test score, chosen on dev
+    assert cell["summary"]["start_acc"] == cell["evals"][0]["test_acc"]
+    icl = run("quality.py", dirs, "--task", "sst2", "--seeds", "0", "--method", "icl", "--shots", "2")
+    assert icl["shots"] == 2 and icl["demos"].count("\n\n") == 2 and 0 <= icl["summary"]["icl_acc"] <= 1
+    subprocess.run([sys.executable, str(REPO / "benchmarks" / "quality.py"), "--table", "--results", str(results)],
+                   check=True, capture_output=True, timeout=120)
+    table = (results / "quality.md").read_text().splitlines()
+    assert any("| finetune |" in row for row in table) and any("| icl (k=2) |" in row for row in table)
