@@ -11,6 +11,7 @@ forward passes, so a run killed at any moment ends in the same weights, bit for 
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -135,7 +136,27 @@ def train(config: RunConfig, run_dir: Path, resume: bool, budget: Budget | None)
     journal.close()
     if evals:
         last = evaluate_and_keep_best(config.steps)  # the last iterate, beside the best-dev one
+        verdict = dev_verdict(MetricsLog(run_dir / "metrics.jsonl").read(), run_dir)
+        metrics.write({"kind": "verdict", "step": config.steps, **verdict})
+        tqdm.write(verdict["message"], file=sys.stderr)  # stdout ends in the JSON record
     return last
+
+
+def dev_verdict(records: list[dict], run_dir: Path) -> dict:
+    """Whether the steps improved the dev score on the step-0 weights (the linear probe's
+    where there is one), in one line: a job that did not help must say so."""
+    evals = [r for r in records if r.get("kind") == "eval" and ("eval_acc" in r or "eval_loss" in r)]
+    key, sign = ("eval_acc", 1.0) if "eval_acc" in evals[0] else ("eval_loss", -1.0)
+    start, best = evals[0], max(evals, key=lambda r: (sign * r[key], -r["step"]))
+    improved = best["step"] > 0 and sign * (best[key] - start[key]) > 0
+    if improved:
+        message = (f"dev {key[5:]} {start[key]:.4f} at step 0 -> {best[key]:.4f} at step {best['step']}: "
+                   f"{run_dir / 'best'} holds that snapshot")
+    else:
+        message = (f"dev {key[5:]} did not improve on step 0's {start[key]:.4f}: {run_dir / 'best'} holds the "
+                   "step-0 weights, and `edge-zo deploy --only-if-better` keeps a deployed model as it was")
+    return {"improved": improved, "start": start[key], "best": best[key], "best_step": best["step"],
+            "metric": key, "message": message}
 
 
 def wants_linear_probe(config: RunConfig, manifest) -> bool:

@@ -66,6 +66,20 @@ def test_zo_mopi_learns_the_tiny_task(job, tmp_path):
     assert json.loads(result.stdout)["eval_acc"] == evals[-1]["eval_acc"]
     assert (tmp_path / "run" / "metrics.png").stat().st_size > 10_000
     assert load_latest(tmp_path / "run" / "best") is not None
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    verdict = records[-1]
+    best = max(evals, key=lambda e: e["eval_acc"])
+    assert verdict["kind"] == "verdict" and verdict["improved"] and verdict["best"] == best["eval_acc"]
+    assert verdict["message"] in result.stderr  # said once, on the terminal
+
+
+def test_a_job_that_does_not_help_says_so(job, tmp_path):
+    """η = 0: the weights never move, so the dev score cannot improve on step 0's."""
+    result = finetune(job, tmp_path / "run", "--steps", "4", "eval_every=2", "optimizer.eta=0")
+    verdict = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert verdict["kind"] == "verdict" and not verdict["improved"] and verdict["best_step"] == 0
+    assert "did not improve" in result.stderr and "--only-if-better" in result.stderr
+    assert load_latest(tmp_path / "run" / "best").meta["step"] == 0
 
 
 @pytest.mark.slow
