@@ -13,9 +13,7 @@ the job before training with the file, the line number and what is wrong, unless
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,16 +21,9 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from edge_zo.bundle import TOKENIZER_NAME
-from edge_zo.errors import UserError
+from edge_zo.bundle import TOKENIZER_NAME, BundleError, read_manifest, tokenizer_sha256
+from edge_zo.readers import READERS, DataError, read_rows  # noqa: F401  (read_rows: data.read_rows)
 from edge_zo.templates import ChoiceTemplate, Template, candidates, choice_prompt, field_value, fill
-
-READERS = (".jsonl", ".csv", ".tsv")
-
-
-class DataError(UserError):
-    """A data file that cannot be used; the message names the file and line."""
-
 
 @dataclass(frozen=True)
 class Example:
@@ -54,29 +45,9 @@ class Dataset:
     path: Path
     skipped: list[str] = field(default_factory=list)  # "line N: reason" of each skipped row
 
-
-def read_rows(path: str | Path) -> list[tuple[int, dict | None, str]]:
-    """(line number, row or None, reason) for every data line of a JSONL, CSV or TSV file."""
-    path = Path(path)
-    if path.suffix not in READERS:
-        raise DataError(f"{path}: unsupported file type {path.suffix!r}; use one of {READERS}")
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    text = path.read_text(encoding="utf-8-sig")
-    if path.suffix == ".jsonl":
-        return [_json_row(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
-    reader = csv.DictReader(text.splitlines(), delimiter="\t" if path.suffix == ".tsv" else ",")
-    return [(reader.line_num, dict(row), "") for row in reader]
-
-
-def _json_row(number: int, line: str) -> tuple[int, dict | None, str]:
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as err:
-        return number, None, f"invalid JSON ({err.msg} at column {err.colno})"
-    if not isinstance(row, dict):
-        return number, None, f"expected a JSON object, got {type(row).__name__}"
-    return number, row, ""
+    def skipped_report(self) -> str:
+        """One line per skipped row, `FILE, line N: reason` (what RUN/skipped_rows.txt holds)."""
+        return "".join(f"{self.path}, {line}\n" for line in self.skipped)
 
 
 def load_classification(path: str | Path, template: Template, skip_bad: bool = False) -> Dataset:
@@ -125,7 +96,7 @@ def _load(path, convert, skip_bad: bool) -> Dataset:
             except ValueError as err:
                 reason = str(err)
         if not skip_bad:
-            raise DataError(f"{path}, line {number}: {reason} (or pass skip_bad to skip such rows)")
+            raise DataError(f"{path}, line {number}: {reason} (or pass skip_bad=true to skip and count such rows)")
         dataset.skipped.append(f"line {number}: {reason}")
     if not dataset.examples:
         raise DataError(f"{path}: no usable rows ({len(dataset.skipped)} skipped)")
@@ -142,14 +113,51 @@ def mezo_split(train: list, validation: list, n_train: int = 1000, n_dev: int = 
     return sample[:n_train], sample[n_train:], test
 
 
-def load_tokenizer(bundle_dir: str | Path):
+def load_tokenizer(bundle_dir: str | Path, manifest=None):
     """The bundle's tokenizer with its own padding and truncation off: `make_batch` pads
     and cuts (from the left), and a tokenizer.json that pads to a fixed length (MiniLM's
-    pads to 128) would otherwise fill a cut prompt with [PAD] tokens the mask counts."""
-    tokenizer = Tokenizer.from_file(str(Path(bundle_dir) / TOKENIZER_NAME))
+    pads to 128) would otherwise fill a cut prompt with [PAD] tokens the mask counts.
+
+    A file that is empty, truncated or another model's stops here with a one-line
+    BundleError (`check_tokenizer`): another model's ids would index the wrong embedding
+    rows, a wrong result that looks right."""
+    path = Path(bundle_dir) / TOKENIZER_NAME
+    fix = "copy the bundle's own tokenizer.json back, or re-export the bundle (edge-zo export)"
+    try:
+        text = path.read_bytes().decode("utf-8")
+        if not text.strip():
+            raise ValueError("the file is empty")
+        tokenizer = Tokenizer.from_str(text)
+    except OSError as err:
+        raise BundleError(f"{path}: cannot be read ({err.strerror or err}); {fix}") from None
+    except Exception as err:  # noqa: BLE001 - tokenizers raises plain Exceptions on bad JSON
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise BundleError(f"{path}: not a readable tokenizer ({reason}); the file is truncated or "
+                          f"damaged: {fix}") from None
+    check_tokenizer(path, text, tokenizer, manifest if manifest is not None else read_manifest(bundle_dir), fix)
     tokenizer.no_padding()
     tokenizer.no_truncation()
     return tokenizer
+
+
+def check_tokenizer(path: Path, text: str, tokenizer, manifest, fix: str) -> None:
+    """Another model's tokenizer.json is refused: by the hash export records (bundles
+    exported since issue 15), else by the label words' token ids (label-words bundles).
+    Cheap: one hash, or a few encodes."""
+    source = manifest.source if isinstance(manifest.source, dict) else {}
+    if source.get("tokenizer_sha256"):  # the exact file: nothing else to check
+        if tokenizer_sha256(text.encode("utf-8")) == source["tokenizer_sha256"]:
+            return
+        rows = source.get("vocab_size")
+        sizes = f"; it has {tokenizer.get_vocab_size(with_added_tokens=True)} tokens, the model's embedding " \
+                f"{rows} rows" if rows else ""
+        raise BundleError(f"{path}: not the tokenizer this bundle was exported with (its sha256 differs from "
+                          f"the one manifest.json records{sizes}; another model's?): {fix}")
+    for word, token_id in zip(manifest.label_words, manifest.label_token_ids):
+        ids = tokenizer.encode(word, add_special_tokens=False).ids
+        if ids != [token_id]:
+            raise BundleError(f"{path}: label word {word!r} is token {ids} here, but the bundle was exported "
+                              f"with token {token_id} (another model's tokenizer?): {fix}")
 
 
 @dataclass(frozen=True)
