@@ -45,9 +45,9 @@ class Dataset:
     path: Path
     skipped: list[str] = field(default_factory=list)  # "line N: reason" of each skipped row
 
-    def skipped_report(self) -> str:
-        """One line per skipped row, `FILE, line N: reason` (what RUN/skipped_rows.txt holds)."""
-        return "".join(f"{self.path}, {line}\n" for line in self.skipped)
+    def skipped_report(self, role: str) -> str:
+        """One line per skipped row, `ROLE: FILE, line N: reason` (RUN/skipped_rows.txt)."""
+        return "".join(f"{role}: {self.path}, {line}\n" for line in self.skipped)
 
 
 def load_classification(path: str | Path, template: Template, skip_bad: bool = False) -> Dataset:

@@ -30,7 +30,7 @@ def skipped_rows(dataset, role: str, run_dir=None, metrics=None, step: int = 0) 
     if run_dir is not None:
         path = run_dir / SKIPPED_NAME
         where = f"every line and its reason in {path}"
-        if not _append_once(path, dataset.skipped_report()):
+        if not _append_once(path, dataset.skipped_report(role)):
             metrics = None  # recorded by the run's first start
     announce(f"skip_bad: skipped {count} of {total} rows of the {role} data {dataset.path} ({where}; "
              f"the first, {dataset.skipped[0]})", metrics, what="skipped_rows", step=step, role=role,

@@ -8,9 +8,8 @@ Why the care (issue 15):
 - Bytes are split into lines before decoding, so a line that is not UTF-8 is one bad row
   (named by its line and the byte offset in the file) instead of a traceback for the whole
   file. A UTF-16/32 byte-order mark refuses the file: every line would be bad.
-- Lines are split on \\n, \\r\\n and \\r only (bytes.splitlines): str.splitlines also splits on
-  U+2028 and friends, which are valid inside a JSON string, and shifts the line numbers an
-  editor shows.
+- Lines end at \\n (or \\r\\n) only: str.splitlines also split at U+2028 and friends, which
+  are valid inside a JSON string, and shifted the line numbers an editor shows.
 - CSV records are parsed strictly and named by the line they start on. A quote that never
   closes used to swallow every later line into one field (7 of 10 rows vanished under
   skip_bad, and the error named the last line); now that record is one bad row at the line
@@ -21,8 +20,10 @@ Why the care (issue 15):
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 from pathlib import Path
+from typing import Iterator
 
 from edge_zo.errors import UserError
 
@@ -38,41 +39,49 @@ class DataError(UserError):
     """A data file that cannot be used; the message names the file and line."""
 
 
-def read_rows(path: str | Path) -> list[Row]:
-    """(line number, row or None, reason) for every data line of a JSONL, CSV or TSV file."""
+def read_rows(path: str | Path) -> Iterator[Row]:
+    """(line number, row or None, reason) for every data line of a JSONL, CSV or TSV file,
+    in line order. JSONL streams a row at a time (the loaded examples are the memory the
+    planner counts, not every parsed row besides them); CSV parses the file's lines at once."""
     path = Path(path)
     if path.suffix not in READERS:
         raise DataError(f"{path}: unsupported file type {path.suffix!r}; use one of {READERS}")
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as f:
+            if path.suffix == ".jsonl":
+                for number, text in decode_lines(path, f):
+                    if not isinstance(text, str):
+                        yield text
+                    elif text.strip():
+                        yield _json_row(number, text)
+                return
+            lines = list(decode_lines(path, f))
     except OSError as err:
         raise DataError(f"{path}: cannot be read ({err.strerror or err})") from None
-    lines, bad = decode_lines(path, raw)
-    if path.suffix == ".jsonl":
-        rows = [_json_row(n, text) for n, text in lines if text.strip()]
-    else:
-        rows = csv_rows(path, lines, "\t" if path.suffix == ".tsv" else ",")
-    return sorted(rows + bad, key=lambda row: row[0])
+    bad = [text for _, text in lines if not isinstance(text, str)]
+    text_lines = [(number, text) for number, text in lines if isinstance(text, str)]
+    yield from sorted(csv_rows(path, text_lines, "\t" if path.suffix == ".tsv" else ",") + bad,
+                      key=lambda row: row[0])
 
 
-def decode_lines(path: Path, raw: bytes) -> tuple[list[tuple[int, str]], list[Row]]:
-    """([(line number, text with its line end)], [bad rows for lines that are not UTF-8])."""
+def decode_lines(path: Path, f) -> Iterator[tuple[int, "str | Row"]]:
+    """(line number, its text with its line end) for each line of a binary file, or
+    (line number, a bad row) for a line that is not UTF-8. Lines end at \\n (or \\r\\n)."""
+    first = f.readline()
     for bom, name in WIDE_BOMS.items():
-        if raw.startswith(bom):
+        if first.startswith(bom):
             raise DataError(f"{path}: the file is {name} text; save it as UTF-8 "
                             f"(e.g. iconv -f {name} -t UTF-8 {path.name} > utf8{path.suffix})")
-    offset = len(UTF8_BOM) if raw.startswith(UTF8_BOM) else 0
-    lines, bad = [], []
-    for number, chunk in enumerate(raw[offset:].splitlines(keepends=True), 1):
+    offset = len(UTF8_BOM) if first.startswith(UTF8_BOM) else 0
+    for number, chunk in enumerate(itertools.chain([first[offset:]], f), 1):
         try:
-            lines.append((number, chunk.decode("utf-8")))
+            yield number, chunk.decode("utf-8")
         except UnicodeDecodeError as err:
-            bad.append((number, None, f"not UTF-8 text (byte 0x{chunk[err.start]:02x} at byte offset "
-                                      f"{offset + err.start} of the file); save the file as UTF-8"))
+            yield number, (number, None, f"not UTF-8 text (byte 0x{chunk[err.start]:02x} at byte offset "
+                                         f"{offset + err.start} of the file); save the file as UTF-8")
         offset += len(chunk)
-    return lines, bad
 
 
 def _json_row(number: int, line: str) -> Row:
