@@ -121,7 +121,7 @@ def _header(path: Path, lines: list[tuple[int, str]], delimiter: str) -> list[st
         header = next(csv.reader([lines[0][1]], delimiter=delimiter, strict=True))
     except (csv.Error, StopIteration) as err:
         raise DataError(f"{path}, line 1: the header row cannot be read ({err or 'empty'})") from None
-    if len(set(header)) != len(header) or not all(name.strip() for name in header):
+    if not header or len(set(header)) != len(header) or not all(name.strip() for name in header):
         raise DataError(f"{path}, line 1: header fields {header} must be distinct and non-empty")
     return header
 

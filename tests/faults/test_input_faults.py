@@ -162,6 +162,7 @@ def test_a_line_that_is_not_utf8_is_a_bad_row_with_its_byte_offset(tmp_path, suf
     ("text,label\n".encode("utf-16"), "the file is UTF-16 text; save it as UTF-8"),
     (b"t\xe9xt,label\ngood,positive\n", "line 1: the header row"),
     (b"text,text\ngood,positive\n", "must be distinct"),
+    (b"\ngood,positive\n", "must be distinct and non-empty"),
 ])
 def test_a_file_that_cannot_be_read_is_refused_whole(tmp_path, content, message):
     path = tmp_path / "d.csv"
@@ -210,6 +211,13 @@ def test_non_utf8_data_ends_in_one_line(tiny, tmp_path, command):
     path.write_bytes(b'{"text": "good", "label": "positive"}\n{"text": "caf\xe9", "label": "positive"}\n')
     args = ["--bundle", tiny / "bundle", "--data", path] + (["--out", tmp_path / "run"] if command == "finetune" else [])
     assert_clean(edge_zo(command, *args), 2, f"{path}, line 2: not UTF-8 text (byte 0xe9 at byte offset 51 of the file")
+
+
+def test_a_config_file_that_is_not_utf8_is_refused(tmp_path):
+    from edge_zo.runconfig import resolve
+    (tmp_path / "run.toml").write_bytes(b'bundle = "b"\ndata = "caf\xe9.jsonl"\n')
+    with pytest.raises(UserError, match="not UTF-8 text \\(byte 0xe9 at byte offset 24\\)"):
+        resolve(str(tmp_path / "run.toml"), {}, [])
 
 
 # ---- 3. tokenizer.json: unreadable or another model's --------------------------------
