@@ -78,6 +78,10 @@ def train(config: RunConfig, run_dir: Path, resume: bool, budget: Budget | None)
         runconfig.save(config, run_dir)
     clock = Clock(progress["train_s"], progress["eval_s"])
     announce_start(run_dir, metrics, runtime, skipped, progress["step"])
+    if len(train) < config.batch_size and not resume:  # BatchSchedule takes what there is
+        notices.announce(f"batch_size {config.batch_size} is more than the {len(train)} training examples: "
+                         f"each step uses all {len(train)}", metrics, what="batch_size", step=0,
+                         batch_size=config.batch_size, examples=len(train))
     # ---- LP-then-ZO: a new head is fitted first, and kept by a step-0 checkpoint ------
     if not restored and wants_linear_probe(config, manifest):
         record = linear_probe.fit_head(runtime, train, tokenizer, manifest, config.batch_size, config.seed)

@@ -371,3 +371,13 @@ def test_a_cuda_fallback_is_said_once_and_recorded(tiny, tmp_path):
     assert len(said) == 1 and said[0].startswith("edge-zo: warning:"), result.stderr
     (record,) = [r for r in records(tmp_path / "run") if r["what"] == "provider_fallback"]
     assert record["provider"] == "cpu" and "no CUDA provider" in record["message"]
+
+
+@pytest.mark.slow
+def test_a_batch_larger_than_the_data_is_said_and_recorded(tiny, tmp_path):
+    result = edge_zo("finetune", "--bundle", tiny / "bundle", "--data", tiny / "train.jsonl", "--out",
+                     tmp_path / "run", "steps=1", "eval_every=0")
+    assert_clean(result, 0)
+    assert len(notes(result, "batch_size 16 is more than the 10 training examples")) == 1
+    (record,) = [r for r in records(tmp_path / "run") if r["what"] == "batch_size"]
+    assert (record["batch_size"], record["examples"]) == (16, 10)
