@@ -99,7 +99,8 @@ def _load(path, convert, skip_bad: bool) -> Dataset:
             raise DataError(f"{path}, line {number}: {reason} (or pass skip_bad=true to skip and count such rows)")
         dataset.skipped.append(f"line {number}: {reason}")
     if not dataset.examples:
-        raise DataError(f"{path}: no usable rows ({len(dataset.skipped)} skipped)")
+        first = f"; the first, {dataset.skipped[0]}" if dataset.skipped else ""
+        raise DataError(f"{path}: no usable rows ({len(dataset.skipped)} skipped{first})")
     return dataset
 
 

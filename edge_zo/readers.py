@@ -47,7 +47,7 @@ def read_rows(path: str | Path) -> Iterator[Row]:
     if path.suffix not in READERS:
         raise DataError(f"{path}: unsupported file type {path.suffix!r}; use one of {READERS}")
     if not path.is_file():
-        raise DataError(f"{path}: file not found")
+        raise DataError(f"{path}: {'a folder, not a file' if path.is_dir() else 'file not found'}")
     try:
         with open(path, "rb") as f:
             if path.suffix == ".jsonl":
@@ -134,6 +134,8 @@ def _record(start: int, header: list[str], fields: list[str], delimiter: str) ->
 
 
 def _quote_reason(message: str) -> str:
+    if "NUL" in message:  # Python < 3.11 only
+        return "a NUL byte (a binary or UTF-16 file? save it as UTF-8 text)"
     if "unexpected end of data" in message:
         return "unclosed quote: the quoted field that starts here never closes (close it, or double a quote inside it)"
     return f"malformed quoting ({message}); a quote inside a quoted field is written twice"

@@ -197,7 +197,10 @@ def data_mib(files) -> float:
     """Loading the examples: DATA_FACTOR x the files' bytes. Tokenizing adds nothing that
     grows with the data: a batch is tokenized when its step comes, a long text from a
     suffix (data.encode_tail), so its tokens are B x max_seq_len at most."""
-    return DATA_FACTOR * sum(Path(f).stat().st_size for f in files if f and Path(f).is_file()) / MiB
+    missing = [f for f in files if f and not Path(f).is_file()]
+    if missing:
+        raise UserError(f"{missing[0]}: data file not found; the plan counts the data's size")
+    return DATA_FACTOR * sum(Path(f).stat().st_size for f in files if f) / MiB
 
 
 def predict(cal: Calibration, manifest, shape: Shape, optimizer: float = 0.0,

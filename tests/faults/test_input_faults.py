@@ -171,6 +171,15 @@ def test_a_file_that_cannot_be_read_is_refused_whole(tmp_path, content, message)
         load_classification(path, REVIEW, skip_bad=True)
 
 
+def test_a_file_with_no_usable_row_names_the_first_reason(tmp_path):
+    path = jsonl(tmp_path / "d.jsonl", ROWS)
+    with pytest.raises(DataError, match="no usable rows \\(10 skipped; the first, line 1: missing field 'review'"):
+        load_classification(path, user_template("{review}", ("negative", "positive")), skip_bad=True)
+    (tmp_path / "folder.jsonl").mkdir()
+    with pytest.raises(DataError, match="folder.jsonl: a folder, not a file"):
+        load_classification(tmp_path / "folder.jsonl", REVIEW)
+
+
 def test_jsonl_lines_split_only_at_line_ends(tmp_path):
     # U+2028 is valid inside a JSON string; str.splitlines would have cut the row in two
     path = tmp_path / "d.jsonl"
@@ -275,6 +284,12 @@ def test_a_budget_that_is_not_positive_is_refused(tiny, tmp_path, command, budge
     args = ["--data", tiny / "train.jsonl"] + (["--out", tmp_path / "run"] if command == "finetune" else [])
     result = edge_zo(command, "--bundle", tiny / "bundle", "--memory-budget", budget, *args)
     assert_clean(result, 2, f"--memory-budget {budget}: a budget is a positive number of MiB")
+
+
+def test_a_missing_data_file_is_not_planned_as_empty():
+    from edge_zo.memory.plan import data_mib
+    with pytest.raises(UserError, match="nowhere.jsonl: data file not found"):
+        data_mib(["nowhere.jsonl"])
 
 
 def test_a_long_text_is_tokenized_from_a_suffix_with_the_same_ids(tiny):
