@@ -22,7 +22,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from edge_zo.bundle import TOKENIZER_NAME, BundleError, read_manifest, tokenizer_sha256
-from edge_zo.readers import READERS, DataError, read_rows  # noqa: F401  (read_rows: data.read_rows)
+from edge_zo.readers import DataError, read_rows  # noqa: F401  (both were defined here: callers import them from data)
 from edge_zo.templates import ChoiceTemplate, Template, candidates, choice_prompt, field_value, fill
 
 @dataclass(frozen=True)

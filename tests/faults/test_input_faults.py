@@ -23,7 +23,7 @@ from edge_zo.cli import build_parser
 from edge_zo.data import DataError, encode_tail, load_classification, load_text, load_tokenizer
 from edge_zo.errors import UserError
 from edge_zo.memory.guard import Budget, MemoryGuard
-from edge_zo.templates import TEMPLATES, Template, fit_template, user_template
+from edge_zo.templates import TEMPLATES, fit_template, user_template
 from runtime.fixtures import WORDS, build
 
 from .helpers import assert_clean, edge_zo, notes, records
