@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edge_zo import checkpoint, loop, runconfig
+    from edge_zo import checkpoint, loop, notices, runconfig
     from edge_zo.bundle import read_manifest
     from edge_zo.data import load_tokenizer
     from edge_zo.runtime import Runtime
@@ -46,7 +46,9 @@ def run(args: argparse.Namespace) -> int:
     manifest = read_manifest(bundle)
     template = loop.template_for(config, manifest)  # bad input stops before the model loads
     tokenizer = load_tokenizer(bundle, manifest)
-    examples = loop.load_examples(config, args.data, manifest, template)
+    skipped: list = []
+    examples = loop.load_examples(config, args.data, manifest, template,
+                                  lambda d: (skipped.append(len(d.skipped)), notices.skipped_rows(d, "evaluation")))
     runtime = Runtime(bundle, provider=args.provider)
     state = None
     if args.run:
@@ -56,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"{folder}: no complete checkpoint to score")
         state = loop.load_snapshot(ckpt, runtime, config)
     record = loop.evaluate(runtime, state, examples, tokenizer, manifest, args.batch_size)
-    print(json.dumps({"data": args.data, "examples": len(examples), **record}))
+    print(json.dumps({"data": args.data, "examples": len(examples), "skipped_rows": sum(skipped), **record}))
     return 0
 
 

@@ -107,6 +107,7 @@ def calibrate(bundle: str | Path, job: Shape, provider: str = "cpu", threads: in
 
     manifest = read_manifest(bundle)
     load_tokenizer(bundle, manifest)  # a bad tokenizer.json: its one-line error here, not a child's traceback
+    _say_provider_fallback(provider)
     preset = preset or ("zo-mopi" if manifest.graph == "lowrank" else "mezo")
     shapes = calibration_shapes(job, manifest.probe_slots if manifest.graph == "lowrank" else 1)
     spec = {"bundle": str(bundle), "provider": provider, "threads": threads or 0, "preset": preset,
@@ -122,6 +123,18 @@ def calibrate(bundle: str | Path, job: Shape, provider: str = "cpu", threads: in
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(asdict(cal)))
     return cal
+
+
+def _say_provider_fallback(provider: str) -> None:
+    """A CUDA profile planned where onnxruntime has no CUDA: the children measure the CPU,
+    which the plan's numbers must not hide (issue 15: every fallback said)."""
+    from edge_zo.notices import announce
+    from edge_zo.providers import place
+
+    reason = place(provider).fallback_reason
+    if reason:
+        announce(f"plan: {provider} requested but calibrating on the CPU ({reason}): the numbers are this "
+                 "machine's CPU, not the device's; plan on the device for them")
 
 
 def _measure(spec: dict) -> dict:

@@ -210,7 +210,8 @@ def test_skipped_rows_are_counted_on_the_terminal_in_metrics_and_listed(tiny, tm
         [("training", 3, 10, 0), ("eval", 3, 10, 0)]
     scored = edge_zo("eval", "--bundle", tiny / "bundle", "--data", data, "skip_bad=true")
     assert_clean(scored, 0)
-    assert json.loads(scored.stdout)["examples"] == 7 and notes(scored, "skipped 3 of 10 rows")
+    assert json.loads(scored.stdout)["examples"] == 7 and json.loads(scored.stdout)["skipped_rows"] == 3
+    assert len(notes(scored, "skipped 3 of 10 rows")) == 1
 
 
 @pytest.mark.slow
@@ -396,3 +397,12 @@ def test_a_batch_larger_than_the_data_is_said_and_recorded(tiny, tmp_path):
     assert len(notes(result, "batch_size 16 is more than the 10 training examples")) == 1
     (record,) = [r for r in records(tmp_path / "run") if r["what"] == "batch_size"]
     assert (record["batch_size"], record["examples"]) == (16, 10)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(), reason="CUDA is there: no fallback")
+def test_planning_a_cuda_profile_on_the_cpu_is_said(tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    result = edge_zo("plan", "--bundle", tiny / "bundle", "--profile", "jetson-orin-nano-8gb", "--batch", "2")
+    assert_clean(result, 0)
+    assert len(notes(result, "cuda requested but calibrating on the CPU")) == 1, result.stderr
