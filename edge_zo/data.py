@@ -44,6 +44,7 @@ class Dataset:
     examples: list[Example]
     path: Path
     skipped: list[str] = field(default_factory=list)  # "line N: reason" of each skipped row
+    multiline: list[str] = field(default_factory=list)  # "lines N-M" of each CSV record over lines
 
     def skipped_report(self, role: str) -> str:
         """One line per skipped row, `ROLE: FILE, line N: reason` (RUN/skipped_rows.txt)."""
@@ -92,6 +93,8 @@ def _load(path, convert, skip_bad: bool) -> Dataset:
         if row is not None:
             try:
                 dataset.examples.append(convert(row))
+                if reason:  # a CSV record over several lines
+                    dataset.multiline.append(reason)
                 continue
             except ValueError as err:
                 reason = str(err)

@@ -172,7 +172,7 @@ def load_examples(config: RunConfig, path: str, manifest, template, on_skipped=N
         dataset = load_classification(path, template, config.skip_bad)
     else:
         dataset = load_text(path, config.text_field, config.prompt_field or None, config.skip_bad)
-    if dataset.skipped:
+    if dataset.skipped or dataset.multiline:
         (on_skipped or (lambda d: notices.skipped_rows(d, "evaluation")))(dataset)
     return dataset.examples
 

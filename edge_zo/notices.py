@@ -21,7 +21,14 @@ def announce(message: str, metrics=None, **record) -> None:
 def skipped_rows(dataset, role: str, run_dir=None, metrics=None, step: int = 0) -> None:
     """Count a data file's skipped rows (skip_bad); in a run, also list every one of them
     in RUN/skipped_rows.txt and record the count in metrics, once per file (a resumed run
-    says it on the terminal again, but adds no second record)."""
+    says it on the terminal again, but adds no second record). CSV records over several
+    lines are said too: a quote left open and closed rows later reads as one of them."""
+    if dataset.multiline:
+        spans = dataset.multiline
+        announce(f"{len(spans)} rows of the {role} data {dataset.path} run over several lines (quoted line "
+                 f"breaks: {', '.join(spans[:5])}{', ...' if len(spans) > 5 else ''}); if a quote was left open "
+                 "there, close it", metrics if step == 0 else None, what="multiline_rows",
+                 step=step, role=role, file=str(dataset.path), rows=len(spans))
     if not dataset.skipped:
         return
     count, total = len(dataset.skipped), len(dataset.skipped) + len(dataset.examples)

@@ -32,7 +32,8 @@ UTF8_BOM = b"\xef\xbb\xbf"
 WIDE_BOMS = {b"\xff\xfe\x00\x00": "UTF-32", b"\x00\x00\xfe\xff": "UTF-32",
              b"\xff\xfe": "UTF-16", b"\xfe\xff": "UTF-16"}
 
-Row = tuple[int, "dict | None", str]  # (line number, row or None, reason it is bad)
+# (line number, row or None, why it is bad; for a good CSV row, "lines N-M" when it spans lines)
+Row = tuple[int, "dict | None", str]
 
 
 class DataError(UserError):
@@ -104,9 +105,10 @@ def csv_rows(path: Path, lines: list[tuple[int, str]], delimiter: str) -> list[R
         consumed = 0
         try:
             for fields in reader:
-                start, consumed = lines[i + consumed][0], reader.line_num
+                start, end = lines[i + consumed][0], lines[i + reader.line_num - 1][0]
+                consumed = reader.line_num
                 if any(f.strip() for f in fields):  # blank lines are not rows
-                    rows.append(_record(start, header, fields, delimiter))
+                    rows.append(_record(start, header, fields, delimiter, end))
             break
         except csv.Error as err:
             rows.append((lines[i + consumed][0], None, _quote_reason(str(err))))
@@ -126,11 +128,13 @@ def _header(path: Path, lines: list[tuple[int, str]], delimiter: str) -> list[st
     return header
 
 
-def _record(start: int, header: list[str], fields: list[str], delimiter: str) -> Row:
+def _record(start: int, header: list[str], fields: list[str], delimiter: str, end: int) -> Row:
     if len(fields) != len(header):
         hint = f" (an unquoted {delimiter!r} inside a field? quote the field)" if len(fields) > len(header) else ""
         return start, None, f"{len(fields)} fields but the header has {len(header)}{hint}"
-    return start, dict(zip(header, fields)), ""
+    # A good row whose reason is set spans lines: valid CSV (a quoted line break), but also
+    # what a quote left open and closed rows later looks like, so the loader says it.
+    return start, dict(zip(header, fields)), f"lines {start}-{end}" if end > start else ""
 
 
 def _quote_reason(message: str) -> str:

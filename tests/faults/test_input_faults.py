@@ -133,6 +133,19 @@ def test_quoted_fields_over_lines_keep_the_line_numbers(tmp_path):
         load_classification(path, REVIEW)
     data = load_classification(path, REVIEW, skip_bad=True)
     assert [e.prompt for e in data.examples] == ["Review: good\nfilm\nSentiment:", 'Review: bad, "awful" film\nSentiment:']
+    assert data.multiline == ["lines 2-3"]
+
+
+def test_a_quote_closed_rows_later_is_said(tmp_path, capsys):
+    """Valid CSV that swallows rows 3-4 into row 2's text: said, since no parser can tell."""
+    from edge_zo import loop
+    from edge_zo.runconfig import RunConfig
+
+    path = csv_file(tmp_path / "d.csv", ['"good film,positive', "fine film,positive", 'ok",negative', "bad,negative"])
+    examples = loop.load_examples(RunConfig(bundle="b", data=str(path)), str(path), None, REVIEW)
+    assert len(examples) == 2
+    (said,) = [line for line in capsys.readouterr().err.splitlines() if "run over several lines" in line]
+    assert "1 rows of the evaluation data" in said and "lines 2-4" in said and "close it" in said
 
 
 def test_a_tsv_extra_field_is_a_bad_row(tmp_path):
