@@ -13,7 +13,10 @@ import sys
 
 def announce(message: str, metrics=None, **record) -> None:
     """One line on the terminal; with `metrics` (a MetricsLog) also a "notice" record."""
-    print(f"edge-zo: note: {message}", file=sys.stderr, flush=True)
+    from tqdm import tqdm
+
+    # tqdm.write: a line said while the progress bar is drawn goes above it, not into it
+    tqdm.write(f"edge-zo: note: {message}", file=sys.stderr)
     if metrics is not None:
         metrics.write({"kind": "notice", **record, "message": message})
 
