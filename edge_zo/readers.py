@@ -75,6 +75,8 @@ def decode_lines(path: Path, f) -> Iterator[tuple[int, "str | Row"]]:
         if first.startswith(bom):
             raise DataError(f"{path}: the file is {name} text; save it as UTF-8 "
                             f"(e.g. iconv -f {name} -t UTF-8 {path.name} > utf8{path.suffix})")
+    if b"\r" in first and not first.endswith(b"\n"):  # no \n in the whole file
+        raise DataError(f"{path}: lines end with \\r alone (an old Mac format); save the file with \\n line ends")
     offset = len(UTF8_BOM) if first.startswith(UTF8_BOM) else 0
     for number, chunk in enumerate(itertools.chain([first[offset:]], f), 1):
         try:

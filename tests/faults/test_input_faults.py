@@ -176,6 +176,7 @@ def test_a_line_that_is_not_utf8_is_a_bad_row_with_its_byte_offset(tmp_path, suf
     (b"t\xe9xt,label\ngood,positive\n", "line 1: the header row"),
     (b"text,text\ngood,positive\n", "must be distinct"),
     (b"\ngood,positive\n", "must be distinct and non-empty"),
+    (b"text,label\rgood,positive\r", "lines end with \\\\r alone"),
 ])
 def test_a_file_that_cannot_be_read_is_refused_whole(tmp_path, content, message):
     path = tmp_path / "d.csv"
