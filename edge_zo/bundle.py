@@ -40,6 +40,7 @@ position whose attention_mask is 1).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import MISSING, asdict, dataclass, field
 from pathlib import Path
@@ -87,7 +88,9 @@ class Manifest:
     probe_slots: int  # the P the planner may use at most (P = 1 is always valid)
     max_seq_len: int
     matrices: list[TrainedMatrix]
-    source: dict  # {"model": name or path, "architecture": ..., "sha256": ...}
+    # {"model": name or path, "architecture": ..., "sha256": ..., and since issue 15
+    # "tokenizer_sha256" (of tokenizer.json) and "vocab_size" (embedding rows)}
+    source: dict
     exporter: dict  # versions of torch, transformers, onnx, onnxscript, edge_zo
     opset: int = 20
     model_file: str = "model.onnx"
@@ -187,6 +190,11 @@ def _matrix_from_dict(raw: dict) -> TrainedMatrix:
     if len(body["shape"]) != 2:
         raise ValueError(f"{raw['name']}: shape must have two dimensions")
     return TrainedMatrix(**body)
+
+
+def tokenizer_sha256(data: bytes) -> str:
+    """What export records as source["tokenizer_sha256"]: the bundle's tokenizer.json bytes."""
+    return hashlib.sha256(data).hexdigest()
 
 
 def read_manifest(bundle_dir: str | Path) -> Manifest:

@@ -12,6 +12,7 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
 
 from edge_zo import __version__
 from edge_zo.errors import UserError
@@ -35,6 +36,16 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n(see `{self.prog} --help`)\n")
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each default said once: not for options whose help already says it, nor for None
+    (the config file or the run decides), False (a flag) or an empty list."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False, [], ()) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="edge-zo",
@@ -46,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(module_name)
         cmd = sub.add_parser(name, help=module.HELP, description=module.HELP,
-                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                             formatter_class=_HelpFormatter)
         module.add_arguments(cmd)
         cmd.set_defaults(_run=module.run)
     return parser
@@ -57,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     # (measured: a 2-thread forward went from 60 to 107 ms). Set before numpy loads.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    args = build_parser().parse_args(argv)
+    warnings.formatwarning = _one_line_warning
+    args = parse(build_parser(), sys.argv[1:] if argv is None else list(argv))
     try:
         return int(args._run(args) or 0)
     except UserError as err:
@@ -66,6 +78,25 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"edge-zo {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """The subcommand's options, positionals and key=value overrides in any order
+    (`finetune --bundle B steps=2 --data F`): argparse's intermixed parsing, which it
+    offers per parser but not across subcommands, so the subcommand's parser does it."""
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    if not argv or argv[0] not in action.choices:
+        return parser.parse_args(argv)  # --help, --version, a missing or unknown command
+    args = action.choices[argv[0]].parse_intermixed_args(argv[1:])
+    args.command = argv[0]
+    return args
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    # edge-zo's own warnings (a CUDA fallback) are for the user: one line, no source
+    if category.__module__.startswith("edge_zo"):
+        return f"edge-zo: warning: {message}\n"
+    return f"{filename}:{lineno}: {category.__name__}: {message}\n"
 
 
 if __name__ == "__main__":

@@ -13,9 +13,7 @@ the job before training with the file, the line number and what is wrong, unless
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,16 +21,9 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from edge_zo.bundle import TOKENIZER_NAME
-from edge_zo.errors import UserError
+from edge_zo.bundle import TOKENIZER_NAME, BundleError, read_manifest, tokenizer_sha256
+from edge_zo.readers import DataError, read_rows  # noqa: F401  (both were defined here: callers import them from data)
 from edge_zo.templates import ChoiceTemplate, Template, candidates, choice_prompt, field_value, fill
-
-READERS = (".jsonl", ".csv", ".tsv")
-
-
-class DataError(UserError):
-    """A data file that cannot be used; the message names the file and line."""
-
 
 @dataclass(frozen=True)
 class Example:
@@ -53,30 +44,11 @@ class Dataset:
     examples: list[Example]
     path: Path
     skipped: list[str] = field(default_factory=list)  # "line N: reason" of each skipped row
+    multiline: list[str] = field(default_factory=list)  # "lines N-M" of each CSV record over lines
 
-
-def read_rows(path: str | Path) -> list[tuple[int, dict | None, str]]:
-    """(line number, row or None, reason) for every data line of a JSONL, CSV or TSV file."""
-    path = Path(path)
-    if path.suffix not in READERS:
-        raise DataError(f"{path}: unsupported file type {path.suffix!r}; use one of {READERS}")
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    text = path.read_text(encoding="utf-8-sig")
-    if path.suffix == ".jsonl":
-        return [_json_row(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
-    reader = csv.DictReader(text.splitlines(), delimiter="\t" if path.suffix == ".tsv" else ",")
-    return [(reader.line_num, dict(row), "") for row in reader]
-
-
-def _json_row(number: int, line: str) -> tuple[int, dict | None, str]:
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as err:
-        return number, None, f"invalid JSON ({err.msg} at column {err.colno})"
-    if not isinstance(row, dict):
-        return number, None, f"expected a JSON object, got {type(row).__name__}"
-    return number, row, ""
+    def skipped_report(self, role: str) -> str:
+        """One line per skipped row, `ROLE: FILE, line N: reason` (RUN/skipped_rows.txt)."""
+        return "".join(f"{role}: {self.path}, {line}\n" for line in self.skipped)
 
 
 def load_classification(path: str | Path, template: Template, skip_bad: bool = False) -> Dataset:
@@ -121,14 +93,17 @@ def _load(path, convert, skip_bad: bool) -> Dataset:
         if row is not None:
             try:
                 dataset.examples.append(convert(row))
+                if reason:  # a CSV record over several lines
+                    dataset.multiline.append(reason)
                 continue
             except ValueError as err:
                 reason = str(err)
         if not skip_bad:
-            raise DataError(f"{path}, line {number}: {reason} (or pass skip_bad to skip such rows)")
+            raise DataError(f"{path}, line {number}: {reason} (or pass skip_bad=true to skip and count such rows)")
         dataset.skipped.append(f"line {number}: {reason}")
     if not dataset.examples:
-        raise DataError(f"{path}: no usable rows ({len(dataset.skipped)} skipped)")
+        first = f"; the first, {dataset.skipped[0]}" if dataset.skipped else ""
+        raise DataError(f"{path}: no usable rows ({len(dataset.skipped)} skipped{first})")
     return dataset
 
 
@@ -142,14 +117,51 @@ def mezo_split(train: list, validation: list, n_train: int = 1000, n_dev: int = 
     return sample[:n_train], sample[n_train:], test
 
 
-def load_tokenizer(bundle_dir: str | Path):
+def load_tokenizer(bundle_dir: str | Path, manifest=None):
     """The bundle's tokenizer with its own padding and truncation off: `make_batch` pads
     and cuts (from the left), and a tokenizer.json that pads to a fixed length (MiniLM's
-    pads to 128) would otherwise fill a cut prompt with [PAD] tokens the mask counts."""
-    tokenizer = Tokenizer.from_file(str(Path(bundle_dir) / TOKENIZER_NAME))
+    pads to 128) would otherwise fill a cut prompt with [PAD] tokens the mask counts.
+
+    A file that is empty, truncated or another model's stops here with a one-line
+    BundleError (`check_tokenizer`): another model's ids would index the wrong embedding
+    rows, a wrong result that looks right."""
+    path = Path(bundle_dir) / TOKENIZER_NAME
+    fix = "copy the bundle's own tokenizer.json back, or re-export the bundle (edge-zo export)"
+    try:
+        text = path.read_bytes().decode("utf-8")
+        if not text.strip():
+            raise ValueError("the file is empty")
+        tokenizer = Tokenizer.from_str(text)
+    except OSError as err:
+        raise BundleError(f"{path}: cannot be read ({err.strerror or err}); {fix}") from None
+    except Exception as err:  # noqa: BLE001 - tokenizers raises plain Exceptions on bad JSON
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise BundleError(f"{path}: not a readable tokenizer ({reason}); the file is truncated or "
+                          f"damaged: {fix}") from None
+    check_tokenizer(path, text, tokenizer, manifest if manifest is not None else read_manifest(bundle_dir), fix)
     tokenizer.no_padding()
     tokenizer.no_truncation()
     return tokenizer
+
+
+def check_tokenizer(path: Path, text: str, tokenizer, manifest, fix: str) -> None:
+    """Another model's tokenizer.json is refused: by the hash export records (bundles
+    exported since issue 15), else by the label words' token ids (label-words bundles).
+    Cheap: one hash, or a few encodes."""
+    source = manifest.source if isinstance(manifest.source, dict) else {}
+    if source.get("tokenizer_sha256"):  # the exact file: nothing else to check
+        if tokenizer_sha256(text.encode("utf-8")) == source["tokenizer_sha256"]:
+            return
+        rows = source.get("vocab_size")
+        sizes = f"; it has {tokenizer.get_vocab_size(with_added_tokens=True)} tokens, the model's embedding " \
+                f"{rows} rows" if rows else ""
+        raise BundleError(f"{path}: not the tokenizer this bundle was exported with (its sha256 differs from "
+                          f"the one manifest.json records{sizes}; another model's?): {fix}")
+    for word, token_id in zip(manifest.label_words, manifest.label_token_ids):
+        ids = tokenizer.encode(word, add_special_tokens=False).ids
+        if ids != [token_id]:
+            raise BundleError(f"{path}: label word {word!r} is token {ids} here, but the bundle was exported "
+                              f"with token {token_id} (another model's tokenizer?): {fix}")
 
 
 @dataclass(frozen=True)
@@ -177,8 +189,8 @@ def make_batch(examples: list[Example], tokenizer, max_seq_len: int, pad_id: int
         return make_choice_batch(examples, tokenizer, max_seq_len, pad_id)
     rows, scored = [], []
     for ex in examples:
-        prompt_ids = tokenizer.encode(ex.prompt).ids if ex.prompt else []
-        done_ids = tokenizer.encode(ex.completion, add_special_tokens=False).ids if ex.completion else []
+        prompt_ids = encode_tail(tokenizer, ex.prompt, max_seq_len) if ex.prompt else []
+        done_ids = encode_tail(tokenizer, ex.completion, max_seq_len, False) if ex.completion else []
         ids = (prompt_ids + done_ids)[-max_seq_len:]
         n_scored = min(len(done_ids), len(ids)) if ex.completion else len(ids)
         rows.append(ids)
@@ -194,6 +206,24 @@ def make_batch(examples: list[Example], tokenizer, max_seq_len: int, pad_id: int
         loss_mask[i, max(1, len(ids) - n_scored):len(ids)] = 1
     labels = np.array([ex.label for ex in examples], dtype=np.int64)
     return Batch(input_ids, mask, labels, loss_mask)
+
+
+TAIL_CHARS = 16  # characters per token assumed when a long text is cut before tokenizing
+TAIL_MARGIN = 16  # tokens tokenized beyond the kept ones: the cut splits only the first word
+
+
+def encode_tail(tokenizer, text: str, keep: int, add_special_tokens: bool = True) -> list[int]:
+    """The ids of `text`, of which callers keep the last `keep`. A text far longer than that
+    is tokenized from a suffix (growing until it yields `keep` + TAIL_MARGIN tokens), so
+    the ids kept are the same while memory stays per batch: a 19 MB one-line row cost
+    2.3 GB of tokenizer memory whole (issue 15), and the plan counts data by its bytes."""
+    span = TAIL_CHARS * (keep + TAIL_MARGIN)
+    while len(text) > span:
+        ids = tokenizer.encode(text[-span:], add_special_tokens=add_special_tokens).ids
+        if len(ids) >= keep + TAIL_MARGIN:
+            return ids
+        span *= 4
+    return tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
 
 
 def make_choice_batch(examples: list[ChoiceExample], tokenizer, max_seq_len: int, pad_id: int) -> Batch:

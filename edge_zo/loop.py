@@ -18,7 +18,7 @@ import numpy as np
 import psutil
 from tqdm import tqdm
 
-from edge_zo import checkpoint, choice, linear_probe, runconfig
+from edge_zo import checkpoint, choice, linear_probe, notices, runconfig
 from edge_zo.bundle import read_manifest
 from edge_zo.errors import UserError
 from edge_zo.data import Batch, load_choice, load_classification, load_text, load_tokenizer, make_batch
@@ -50,22 +50,25 @@ def train(config: RunConfig, run_dir: Path, resume: bool, budget: Budget | None)
     # ---- the pieces: bundle, data, runtime, optimizer ---------------------------------
     run_dir.mkdir(parents=True, exist_ok=True)
     manifest = read_manifest(config.bundle)
-    tokenizer = load_tokenizer(config.bundle)
+    tokenizer = load_tokenizer(config.bundle, manifest)
     template = template_for(config, manifest)
-    train = load_examples(config, config.data, manifest, template)
-    evals = load_examples(config, config.eval_data, manifest, template) if config.eval_data else []
+    skipped: list = []  # datasets with skipped rows: announced once the run's folder is set up
+    train = load_examples(config, config.data, manifest, template, lambda d: skipped.append(("training", d)))
+    evals = load_examples(config, config.eval_data, manifest, template,
+                          lambda d: skipped.append(("eval", d))) if config.eval_data else []
     evals = evals[:config.eval_examples] if config.eval_examples else evals
     runtime = Runtime(config.bundle, provider=config.provider, threads=config.threads or None,
                       **(budget.runtime_options() if budget else {}))
     runtime.set_probe_slots(config.probe_slots)
-    guard = MemoryGuard(budget, runtime, run_dir)
+    metrics = MetricsLog(run_dir / "metrics.jsonl")
+    guard = MemoryGuard(budget, runtime, run_dir,
+                        notify=lambda message, **record: notices.announce(message, metrics, **record))
     opt_config = config.optimizer_config(manifest.rank)
     opt = optimizer_for(opt_config)
     root = Key.root(config.seed)
     state = opt.init(runtime.shapes, opt_config, root.child("init"))
     batches = BatchSchedule(train, config, tokenizer, manifest)
     journal = checkpoint.Journal(run_dir / "journal.jsonl")
-    metrics = MetricsLog(run_dir / "metrics.jsonl")
     progress = {"step": 0, "forward_passes": 0, "train_s": 0.0, "eval_s": 0.0, "best": -np.inf}
 
     # ---- a fresh run records its config; a resumed one restores and replays ---------
@@ -75,6 +78,11 @@ def train(config: RunConfig, run_dir: Path, resume: bool, budget: Budget | None)
     else:
         runconfig.save(config, run_dir)
     clock = Clock(progress["train_s"], progress["eval_s"])
+    announce_start(run_dir, metrics, runtime, skipped, progress["step"])
+    if len(train) < config.batch_size and not resume:  # BatchSchedule takes what there is
+        notices.announce(f"batch_size {config.batch_size} is more than the {len(train)} training examples: "
+                         f"each step uses all {len(train)}", metrics, what="batch_size", step=0,
+                         batch_size=config.batch_size, examples=len(train))
     # ---- LP-then-ZO: a new head is fitted first, and kept by a step-0 checkpoint ------
     if not restored and wants_linear_probe(config, manifest):
         record = linear_probe.fit_head(runtime, train, tokenizer, manifest, config.batch_size, config.seed)
@@ -104,7 +112,9 @@ def train(config: RunConfig, run_dir: Path, resume: bool, budget: Budget | None)
     bar = tqdm(range(progress["step"], config.steps), initial=progress["step"], total=config.steps,
                desc="finetune", unit="step", dynamic_ncols=True, mininterval=1.0)
     for t in bar:
+        batch = batches.at(t)
         # ---- memory: fewer probe slots near the budget; at it, checkpoint and stop ----
+        # (after the batch is made, so that its tokenizing counts before the first step)
         try:
             guard.check(t)
         except MemoryBudgetExceeded:
@@ -113,8 +123,7 @@ def train(config: RunConfig, run_dir: Path, resume: bool, budget: Budget | None)
             bar.close()
             journal.close()
             raise
-        # ---- one step: batch, probes, update; the journal line makes it count -------
-        batch = batches.at(t)
+        # ---- one step: probes, update; the journal line makes it count ----------------
         runtime.set_batch(batch.input_ids, batch.attention_mask, batch.labels, batch.loss_mask)
         state, info = opt.step(state, choice.oracle_for(runtime, batch), root.child("step", t))
         journal.append({"step": t, "losses": info.losses.tolist()})
@@ -175,12 +184,30 @@ def template_for(config: RunConfig, manifest) -> Template | ChoiceTemplate | Non
                         explicit_words(config.template_labels) if config.template_prompt else None)
 
 
-def load_examples(config: RunConfig, path: str, manifest, template) -> list:
+def load_examples(config: RunConfig, path: str, manifest, template, on_skipped=None) -> list:
+    """The examples of a data file. Rows skipped under skip_bad go to `on_skipped(dataset)`,
+    by default said on the terminal (edge_zo/notices.py): never silently."""
     if isinstance(template, ChoiceTemplate):
-        return load_choice(path, template, config.skip_bad).examples
-    if template is not None:
-        return load_classification(path, template, config.skip_bad).examples
-    return load_text(path, config.text_field, config.prompt_field or None, config.skip_bad).examples
+        dataset = load_choice(path, template, config.skip_bad)
+    elif template is not None:
+        dataset = load_classification(path, template, config.skip_bad)
+    else:
+        dataset = load_text(path, config.text_field, config.prompt_field or None, config.skip_bad)
+    if dataset.skipped or dataset.multiline:
+        (on_skipped or (lambda d: notices.skipped_rows(d, "evaluation")))(dataset)
+    return dataset.examples
+
+
+def announce_start(run_dir: Path, metrics: MetricsLog, runtime: Runtime, skipped: list, step: int) -> None:
+    """What the run does other than asked, once its folder holds its config: a CUDA
+    session on the CPU (the warning is already on the terminal: recorded only) and the
+    rows skip_bad skipped (said, listed in RUN/skipped_rows.txt, recorded)."""
+    if runtime.startup["fallback"]:
+        metrics.write({"kind": "notice", "what": "provider_fallback", "step": step,
+                       "requested": runtime.startup["requested"], "provider": runtime.startup["provider"],
+                       "message": f"CUDA requested but running on the CPU: {runtime.startup['fallback']}"})
+    for role, dataset in skipped:
+        notices.skipped_rows(dataset, role, run_dir, metrics, step)
 
 
 class BatchSchedule:

@@ -127,6 +127,9 @@ def resolve(file: str | None, options: dict[str, Any], overrides: list[str]) -> 
             raise ConfigError(f"{file}: config file not found") from None
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"{file}: not valid TOML ({err})") from None
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"{file}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at byte offset "
+                              f"{err.start}); save it as UTF-8") from None
     values.update({k: v for k, v in options.items() if v is not None})
     values.update(parse_overrides(overrides))
     dotted = sorted(k for k in values if "." in k and not k.startswith("optimizer."))

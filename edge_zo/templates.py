@@ -124,8 +124,10 @@ def fit_template(template, manifest, name: str, explicit_words: dict[int, str] |
     must be the bundle's label words: those are what is scored, in that order.
     """
     causal = manifest.task == "causal-lm"
-    if template is None:
-        return None if causal else TEMPLATES["review"]
+    if template is None and causal:
+        return None
+    if template is None:  # the default goes through every check below, like a named one (issue 15)
+        template, name = TEMPLATES["review"], "review (the default for a classification bundle)"
     if causal and name == "review":
         return None  # the default before causal-lm bundles took templates: older runs' configs hold it
     if causal and not isinstance(template, ChoiceTemplate):
@@ -137,14 +139,27 @@ def fit_template(template, manifest, name: str, explicit_words: dict[int, str] |
                         f"--task causal-lm); for this classification bundle (label words "
                         f"{manifest.label_words}) use one of {', '.join(CLASSIFICATION)} or template_labels")
     if not causal and len(template.labels) != len(manifest.label_words):
-        raise UserError(f"template {name!r} has {len(template.labels)} labels but the "
-                        f"bundle was exported with label words {manifest.label_words}")
+        raise UserError(f"template {name!r} has {len(template.labels)} labels but the bundle was exported "
+                        f"with {len(manifest.label_words)} label words {manifest.label_words}: name a template "
+                        f"with {len(manifest.label_words)} labels (--template) or write your own "
+                        "(template_prompt=... template_labels=...; docs/data.md)")
     for i, word in (explicit_words or {}).items():
         if word.strip() != manifest.label_words[i].strip():
             raise UserError(f"template_labels gives label {i} the word {word!r}, but the bundle's label "
                             f"word {i} is {manifest.label_words[i]!r} (label words {manifest.label_words}): "
                             "reorder template_labels, or write the values alone")
+    if not causal and _swapped(list(template.labels.values()), manifest.label_words):
+        raise UserError(f"template {name!r} maps its labels to the words {list(template.labels.values())}, the "
+                        f"bundle's label words are {manifest.label_words}, the same words in another order: "
+                        "label i would be scored as the bundle's word i; write your own template with "
+                        "template_labels in the bundle's order (docs/data.md)")
     return template
+
+
+def _swapped(words: list[str], label_words: list[str]) -> bool:
+    """The same label words in another order: a mapping that would train labels backwards."""
+    ours, theirs = [w.strip().lower() for w in words], [w.strip().lower() for w in label_words]
+    return sorted(ours) == sorted(theirs) and ours != theirs
 
 
 def explicit_words(labels: tuple[str, ...]) -> dict[int, str]:

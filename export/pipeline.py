@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from edge_zo.bundle import TOKENIZER_NAME, Manifest, TrainedMatrix, write_manifest
+from edge_zo.bundle import TOKENIZER_NAME, Manifest, TrainedMatrix, tokenizer_sha256, write_manifest
 from edge_zo.errors import UserError
 from export import checks, heads, models, vocab
 from export.graph import IR_FOR_OPSET, LiftedInput, append_weights, export_graph
@@ -184,7 +184,8 @@ def write_bundle(prep: Prepared, opts: ExportOptions, folder: Path) -> Manifest:
     export_graph(core, opts.task, lifted, model_path, opts.opset, batch, _dims(opts))
     records = append_weights(model_path, [weights[name] for name in prep.targets])
     write_tokenizer(prep.tokenizer_file, folder / TOKENIZER_NAME)
-    manifest = make_manifest(prep, opts, weights, records, INFERENCE_FILE)
+    manifest = make_manifest(prep, opts, weights, records, INFERENCE_FILE,
+                             tokenizer_sha256((folder / TOKENIZER_NAME).read_bytes()))
     write_manifest(folder, manifest)
     if reference is not None:
         checks.check_bundle(folder, manifest, batch, reference, opts.dtype)
@@ -248,7 +249,7 @@ def _dims(opts: ExportOptions) -> dict:
 
 
 def make_manifest(prep: Prepared, opts: ExportOptions, weights: dict, records: list[dict],
-                  inference_file: str = "") -> Manifest:
+                  inference_file: str = "", tokenizer_hash: str = "") -> Manifest:
     lowrank = opts.graph == "lowrank"
     matrices = []
     for name, record in zip(prep.targets, records):
@@ -264,7 +265,9 @@ def make_manifest(prep: Prepared, opts: ExportOptions, weights: dict, records: l
         matrices=matrices, opset=opts.opset, model_file=MODEL_FILE,
         source={"model": prep.source.name, "path": str(prep.source.folder.resolve()),
                 "architecture": type(prep.model).__name__, "model_type": prep.source.model_type,
-                "head": prep.head, "sha256": models.weights_sha256(prep.source.folder)},
+                "head": prep.head, "sha256": models.weights_sha256(prep.source.folder),
+                # the device refuses another model's tokenizer.json by these (edge_zo/data.py)
+                "tokenizer_sha256": tokenizer_hash, "vocab_size": int(prep.model.config.vocab_size)},
         exporter=checks.versions(),
         label_words=prep.labels.words, label_token_ids=prep.labels.token_ids,
         pad_token_id=prep.labels.pad_token_id, padding_side="right", inference_file=inference_file)

@@ -177,7 +177,7 @@ BUNDLE = SimpleNamespace(task="classification", label_words=[" bad", " good"])
 
 def test_a_user_template_must_fit_the_bundles_label_words():
     three = user_template("{text}", ("a", "b", "c"))
-    with pytest.raises(UserError, match=r"has 3 labels but the bundle was exported with label words \[' bad', ' good'\]"):
+    with pytest.raises(UserError, match=r"has 3 labels but the bundle was exported with 2 label words \[' bad', ' good'\]"):
         fit_template(three, BUNDLE, "mine")
     swapped = ("negative=good", "positive=bad")
     with pytest.raises(UserError, match="gives label 0 the word 'good', but the bundle's label word 0 is ' bad'"):

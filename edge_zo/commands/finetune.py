@@ -78,7 +78,7 @@ def check_budget(config, profile_name: str | None, budget_mib: int | None, plan:
         return None
     profile = load_profile(profile_name) if profile_name else None
     if budget_mib is not None and budget_mib <= 0:
-        raise UserError(f"--memory-budget {budget_mib} must be a positive number of MiB")
+        raise UserError(f"--memory-budget {budget_mib}: a budget is a positive number of MiB")
     budget = Budget(budget_mib if budget_mib is not None else profile.budget_mib, profile)
     if plan:
         job = plan_job(config, budget.mib, profile.threads if profile else None)  # as the Runtime will

@@ -37,6 +37,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("no bundle: pass --bundle DIR (a folder made by `edge-zo export`)")
     if not args.profile and args.memory_budget is None:
         raise UserError("no budget: pass --profile NAME (see `edge-zo profiles`) or --memory-budget MiB")
+    if args.memory_budget is not None and args.memory_budget <= 0:
+        raise UserError(f"--memory-budget {args.memory_budget}: a budget is a positive number of MiB")
     manifest = read_manifest(args.bundle)
     profile = load_profile(args.profile) if args.profile else None
     shape = planner.Shape(args.probe_slots, args.batch, args.seq_len or manifest.max_seq_len)

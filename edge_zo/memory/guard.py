@@ -89,8 +89,10 @@ def gpu_mib() -> float:
 class MemoryGuard:
     """See the module docstring. Without a budget `check` only tracks the peak."""
 
-    def __init__(self, budget: Budget | None, runtime, run_dir=None, sample=None):
+    def __init__(self, budget: Budget | None, runtime, run_dir=None, sample=None, notify=None):
         self.budget, self.runtime, self.run_dir = budget, runtime, run_dir
+        # each lowering is said on the terminal and recorded (edge_zo/notices.announce)
+        self.notify = notify or (lambda message, **record: None)
         unified = budget is not None and budget.unified
         self.sample = sample or (lambda: peak_rss_mib() + (gpu_mib() if unified else 0.0))
         self.peak = 0.0
@@ -107,7 +109,12 @@ class MemoryGuard:
         if self.peak >= SOFT * self.budget.mib and slots > 1 and self.peak > self._lowered_at:
             self.runtime.set_probe_slots(slots // 2)
             self._lowered_at = self.peak
-            self.events.append({"step": step, "peak_mib": self.peak, "probe_slots": slots // 2})
+            event = {"step": step, "peak_mib": round(self.peak, 1), "probe_slots": slots // 2}
+            self.events.append(event)
+            self.notify(f"memory guard: peak {self.peak:.0f} MiB is over {SOFT:.0%} of the {self.budget.mib:.0f} "
+                        f"MiB budget before step {step + 1}: probe slots per forward call lowered {slots} -> "
+                        f"{slots // 2} (the same probes and losses, fewer per call)", what="probe_slots",
+                        budget_mib=self.budget.mib, **event)
 
     def message(self, step: int) -> str:
         where = f" (checkpoint at step {step} in {self.run_dir}/checkpoints)" if self.run_dir else ""

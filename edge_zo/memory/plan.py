@@ -22,8 +22,9 @@ under-predicted large shapes by 20-28%. Measured error of the whole model: -8% t
 two fixture models and a tiny exported Llama (tests/memory/test_plan_accuracy.py) while the
 plot was drawn beside the runtime; since it is drawn after, -13% to -5% on the fixtures (the
 running sum alone falls short of the jobs' step peaks by 10-23 MiB).
-The optimizer's state is exact (its `init` on the bundle's shapes, summed). Data: loaded
-examples take ~3x their file's bytes (measured: 3.2x for BoolQ's validation JSONL).
+The optimizer's state is exact (its `init` on the bundle's shapes, summed). Data: loading
+examples peaks at up to ~4x their files' bytes (DATA_FACTOR); a batch's tokens stay
+B x max_seq_len however long a text is (edge_zo/data.encode_tail).
 
 Calibrations are cached under $XDG_CACHE_HOME/edge-zo/plan (keyed by the bundle's files,
 onnxruntime's version, provider, threads, optimizer and shapes): a first plan costs a few
@@ -45,7 +46,10 @@ from edge_zo.errors import UserError
 
 MiB = 1 << 20
 CALIBRATION_TOKENS = 8192  # B·T of a calibration pass at most; larger jobs extrapolate in B
-DATA_FACTOR = 3.0  # RSS of loaded examples per byte of data file (BoolQ val: 3.2)
+# Peak RSS of loading examples per byte of data file: 3.9 for a one-line 2.8 MB JSONL (the
+# line, its text, the JSON string and the prompt at once), 2.1 for 30k short rows (rows
+# stream since issue 15; before, every parsed row was held beside the examples: 6.7)
+DATA_FACTOR = 4.0
 
 
 @dataclass(frozen=True)
@@ -99,7 +103,11 @@ def calibrate(bundle: str | Path, job: Shape, provider: str = "cpu", threads: in
     `preset` and `optimizer` (overrides) pick the optimizer whose steps are measured; the
     default is zo-mopi for a low-rank bundle, mezo for a full-rank one.
     """
+    from edge_zo.data import load_tokenizer
+
     manifest = read_manifest(bundle)
+    load_tokenizer(bundle, manifest)  # a bad tokenizer.json: its one-line error here, not a child's traceback
+    _say_provider_fallback(provider)
     preset = preset or ("zo-mopi" if manifest.graph == "lowrank" else "mezo")
     shapes = calibration_shapes(job, manifest.probe_slots if manifest.graph == "lowrank" else 1)
     spec = {"bundle": str(bundle), "provider": provider, "threads": threads or 0, "preset": preset,
@@ -115,6 +123,18 @@ def calibrate(bundle: str | Path, job: Shape, provider: str = "cpu", threads: in
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(asdict(cal)))
     return cal
+
+
+def _say_provider_fallback(provider: str) -> None:
+    """A CUDA profile planned where onnxruntime has no CUDA: the children measure the CPU,
+    which the plan's numbers must not hide (issue 15: every fallback said)."""
+    from edge_zo.notices import announce
+    from edge_zo.providers import place
+
+    reason = place(provider).fallback_reason
+    if reason:
+        announce(f"plan: {provider} requested but calibrating on the CPU ({reason}): the numbers are this "
+                 "machine's CPU, not the device's; plan on the device for them")
 
 
 def _measure(spec: dict) -> dict:
@@ -187,8 +207,13 @@ def optimizer_mib(manifest, opt_config) -> float:
 
 
 def data_mib(files) -> float:
-    """Loaded examples: DATA_FACTOR x the files' bytes."""
-    return DATA_FACTOR * sum(Path(f).stat().st_size for f in files if f and Path(f).is_file()) / MiB
+    """Loading the examples: DATA_FACTOR x the files' bytes. Tokenizing adds nothing that
+    grows with the data: a batch is tokenized when its step comes, a long text from a
+    suffix (data.encode_tail), so its tokens are B x max_seq_len at most."""
+    missing = [f for f in files if f and not Path(f).is_file()]
+    if missing:
+        raise UserError(f"{missing[0]}: data file not found; the plan counts the data's size")
+    return DATA_FACTOR * sum(Path(f).stat().st_size for f in files if f) / MiB
 
 
 def predict(cal: Calibration, manifest, shape: Shape, optimizer: float = 0.0,

@@ -56,6 +56,11 @@ def test_bundle_holds_the_graph_manifest_and_tokenizer(bundle, name):
     theirs = Tokenizer.from_file(str(Path(manifest.source["path"]) / "tokenizer.json"))
     for text in tiny_models.SENTENCES:
         assert ours.encode(text).ids == theirs.encode(text).ids
+    # What the device checks tokenizer.json by (issue 15): its hash and the embedding's rows
+    from edge_zo.data import load_tokenizer
+    assert manifest.source["tokenizer_sha256"] == hashlib.sha256((folder / "tokenizer.json").read_bytes()).hexdigest()
+    assert manifest.source["vocab_size"] == VOCAB
+    load_tokenizer(folder, manifest)
 
 
 @pytest.mark.parametrize("name", ["llama-cls", "opt-cls", "bert-cls", "gpt2-full16"])

@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from edge_zo.bundle import Manifest, TrainedMatrix, write_manifest
+from edge_zo.bundle import Manifest, TrainedMatrix, tokenizer_sha256, write_manifest
 
 WORDS = "the a movie film was is great terrible good bad fine awful plot actor it not very".split()
 LABEL_WORDS = ["bad", "good"]
@@ -186,14 +186,16 @@ def build(path: str | Path, task: str = "classification", graph: str = "lowrank"
                   location="model.onnx.data", size_threshold=256)
     else:
         onnx.save(model, path / "model.onnx")
+    write_tokenizer(path / "tokenizer.json", vocab)
+    source = {"model": "tests/runtime/fixtures.py", "seed": seed, "vocab_size": V,  # as export records them
+              "tokenizer_sha256": tokenizer_sha256((path / "tokenizer.json").read_bytes())}
     manifest = Manifest(task=task, graph=graph, rank=rank if graph == "lowrank" else 0,
                         probe_slots=probe_slots if graph == "lowrank" else 1, max_seq_len=max_seq_len,
-                        matrices=mats, source={"model": "tests/runtime/fixtures.py", "seed": seed},
+                        matrices=mats, source=source,
                         exporter={"onnx": onnx.__version__}, opset=18,
                         label_words=LABEL_WORDS if task == "classification" else [],
                         label_token_ids=label_ids if task == "classification" else [])
     write_manifest(path, manifest)
-    write_tokenizer(path / "tokenizer.json", vocab)
     return Tiny(path, manifest, weights, embed, head, vocab)
 
 

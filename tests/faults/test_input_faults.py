@@ -1,0 +1,422 @@
+"""Bad inputs end cleanly (issue 15, the input half): labels, data files, tokenizer,
+plan numbers, command-line parsing, loud fallbacks.
+
+Each class is tried with several cases, most through the real `edge-zo` in a child
+process on a tiny bundle (tests/runtime/fixtures.py), asserting the exit code, one error
+line naming the place, no traceback, and the right line numbers and counts.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import onnxruntime as ort
+import pytest
+
+from edge_zo.bundle import BundleError
+from edge_zo.cli import build_parser
+from edge_zo.data import DataError, encode_tail, load_classification, load_text, load_tokenizer
+from edge_zo.errors import UserError
+from edge_zo.memory.guard import Budget, MemoryGuard
+from edge_zo.templates import TEMPLATES, fit_template, user_template
+from runtime.fixtures import WORDS, build
+
+from .helpers import assert_clean, edge_zo, notes, records
+
+REVIEW = TEMPLATES["review"]
+ROWS = [("good film", "positive"), ("bad film", "negative")] * 5  # 10 rows
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("inputs")
+    build(root / "bundle", max_seq_len=16)
+    jsonl(root / "train.jsonl", ROWS)
+    return root
+
+
+def jsonl(path: Path, rows) -> Path:
+    path.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in rows))
+    return path
+
+
+def csv_file(path: Path, lines: list[str]) -> Path:
+    path.write_text("text,label\n" + "".join(line + "\n" for line in lines))
+    return path
+
+
+def finetune(tiny: Path, out: Path, *extra, data=None):
+    return edge_zo("finetune", "--bundle", tiny / "bundle", "--data", data or tiny / "train.jsonl",
+                   "--out", out, "steps=1", "batch_size=2", "eval_every=0", *extra)
+
+
+def copy_bundle(tiny: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(tiny / "bundle", tmp_path / "bundle"))
+
+
+# ---- 1. labels: every template, default or named, meets the bundle's label words -------
+
+def three_label_bundle(tiny: Path, tmp_path: Path) -> Path:
+    bundle = copy_bundle(tiny, tmp_path)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest.update(label_words=["bad", "fine", "good"], label_token_ids=[9, 12, 8])
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    return bundle
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", [[], ["--template", "review"], ["template_prompt={text} =>",
+                                                                 "template_labels=negative,positive"]])
+def test_a_two_label_template_on_a_three_label_bundle_is_refused(tiny, tmp_path, how):
+    bundle = three_label_bundle(tiny, tmp_path)
+    result = edge_zo("finetune", "--bundle", bundle, "--data", tiny / "train.jsonl", "--out", tmp_path / "run",
+                     "steps=1", *how)
+    assert_clean(result, 2, "has 2 labels", "3 label words ['bad', 'fine', 'good']", "template_labels")
+    assert not (tmp_path / "run" / "journal.jsonl").exists()
+    scored = edge_zo("eval", "--bundle", bundle, "--data", tiny / "train.jsonl", *how)
+    assert_clean(scored, 2, "has 2 labels")
+
+
+@pytest.mark.parametrize("template, words, message", [
+    (None, ["a", "b", "c"], "'review (the default for a classification bundle)' has 2 labels"),
+    (TEMPLATES["cb"], ["bad", "good"], "has 3 labels"),
+    (TEMPLATES["sst2"], [" great", " terrible"], "the same words in another order"),
+    (REVIEW, ["positive", "negative"], "the same words in another order"),
+    (user_template("{text}", ("good", "bad")), ["bad", "good"], "the same words in another order"),
+])
+def test_no_template_maps_labels_wrongly(template, words, message):
+    bundle = SimpleNamespace(task="classification", label_words=words)
+    with pytest.raises(UserError, match=re.escape(message)):
+        fit_template(template, bundle, "t")
+
+
+def test_templates_that_fit_are_kept():
+    bundle = SimpleNamespace(task="classification", label_words=[" bad", " good"])
+    assert fit_template(None, bundle, "") is REVIEW  # same count, other words: label i is word i
+    assert fit_template(TEMPLATES["sst2"], bundle, "sst2") is TEMPLATES["sst2"]
+
+
+# ---- 2. data files: every bad row named by its line, counted when skipped ------------
+
+CSV_FAULTS = [  # (the bad line, what the message says)
+    ('"good film,positive', "unclosed quote"),
+    ("good, film,positive", "3 fields but the header has 2 (an unquoted ','"),
+    ("good film", "1 fields but the header has 2"),
+    ('"good" film,positive', "malformed quoting"),
+    ("good film,meh", "label 'meh' is not one of"),
+    (",positive", "field 'text' is empty"),
+]
+
+
+@pytest.mark.parametrize("bad, reason", CSV_FAULTS)
+@pytest.mark.parametrize("at", [2, 5])  # the bad row's index among the 10 data rows
+def test_a_bad_csv_row_is_named_by_its_line_and_skipped_alone(tmp_path, bad, reason, at):
+    lines = [f"{t},{y}" for t, y in ROWS]
+    lines[at] = bad
+    path = csv_file(tmp_path / "d.csv", lines)
+    with pytest.raises(DataError) as err:
+        load_classification(path, REVIEW)
+    assert f"{path}, line {at + 2}: {reason}" in str(err.value) and "\n" not in str(err.value)
+    data = load_classification(path, REVIEW, skip_bad=True)
+    assert len(data.examples) == 9 and len(data.skipped) == 1  # nothing else lost
+    assert data.skipped[0].startswith(f"line {at + 2}: {reason}")
+
+
+def test_quoted_fields_over_lines_keep_the_line_numbers(tmp_path):
+    path = csv_file(tmp_path / "d.csv", ['"good\nfilm",positive', '"bad, ""awful"" film",negative', "x,meh"])
+    with pytest.raises(DataError, match=r"line 5: label 'meh'"):  # the quoted newline is line 3
+        load_classification(path, REVIEW)
+    data = load_classification(path, REVIEW, skip_bad=True)
+    assert [e.prompt for e in data.examples] == ["Review: good\nfilm\nSentiment:", 'Review: bad, "awful" film\nSentiment:']
+    assert data.multiline == ["lines 2-3"]
+
+
+def test_a_quote_closed_rows_later_is_said(tmp_path, capsys):
+    """Valid CSV that swallows rows 3-4 into row 2's text: said, since no parser can tell."""
+    from edge_zo import loop
+    from edge_zo.runconfig import RunConfig
+
+    path = csv_file(tmp_path / "d.csv", ['"good film,positive', "fine film,positive", 'ok",negative', "bad,negative"])
+    examples = loop.load_examples(RunConfig(bundle="b", data=str(path)), str(path), None, REVIEW)
+    assert len(examples) == 2
+    (said,) = [line for line in capsys.readouterr().err.splitlines() if "run over several lines" in line]
+    assert "1 rows of the evaluation data" in said and "lines 2-4" in said and "close it" in said
+
+
+def test_a_tsv_extra_field_is_a_bad_row(tmp_path):
+    path = tmp_path / "d.tsv"
+    path.write_text("text\tlabel\ngood\tpositive\nbad\tfilm\tnegative\n")
+    with pytest.raises(DataError, match="line 3: 3 fields but the header has 2"):
+        load_classification(path, REVIEW)
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_a_line_that_is_not_utf8_is_a_bad_row_with_its_byte_offset(tmp_path, suffix):
+    good = [json.dumps({"text": t, "label": y}) for t, y in ROWS] if suffix == ".jsonl" else \
+        ["text,label"] + [f"{t},{y}" for t, y in ROWS]
+    raw = [line.encode() for line in good]
+    raw[3] = raw[3].replace(b"film", b"caf\xe9")  # latin-1
+    path = tmp_path / f"d{suffix}"
+    path.write_bytes(b"\n".join(raw) + b"\n")
+    offset = sum(len(line) + 1 for line in raw[:3]) + raw[3].index(b"\xe9")
+    with pytest.raises(DataError) as err:
+        load_classification(path, REVIEW)
+    assert f"line 4: not UTF-8 text (byte 0xe9 at byte offset {offset} of the file)" in str(err.value)
+    data = load_classification(path, REVIEW, skip_bad=True)
+    assert len(data.skipped) == 1 and len(data.examples) == len(ROWS) - 1
+
+
+@pytest.mark.parametrize("content, message", [
+    ("text,label\n".encode("utf-16"), "the file is UTF-16 text; save it as UTF-8"),
+    (b"t\xe9xt,label\ngood,positive\n", "line 1: the header row"),
+    (b"text,text\ngood,positive\n", "must be distinct"),
+    (b"\ngood,positive\n", "must be distinct and non-empty"),
+    (b"text,label\rgood,positive\r", "lines end with \\\\r alone"),
+])
+def test_a_file_that_cannot_be_read_is_refused_whole(tmp_path, content, message):
+    path = tmp_path / "d.csv"
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=message):
+        load_classification(path, REVIEW, skip_bad=True)
+
+
+def test_a_file_with_no_usable_row_names_the_first_reason(tmp_path):
+    path = jsonl(tmp_path / "d.jsonl", ROWS)
+    with pytest.raises(DataError, match="no usable rows \\(10 skipped; the first, line 1: missing field 'review'"):
+        load_classification(path, user_template("{review}", ("negative", "positive")), skip_bad=True)
+    (tmp_path / "folder.jsonl").mkdir()
+    with pytest.raises(DataError, match="folder.jsonl: a folder, not a file"):
+        load_classification(tmp_path / "folder.jsonl", REVIEW)
+
+
+def test_jsonl_lines_split_only_at_line_ends(tmp_path):
+    # U+2028 is valid inside a JSON string; str.splitlines would have cut the row in two
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps({"text": "good\u2028film", "label": "positive"}, ensure_ascii=False) + "\r\n"
+                    + '{"text": "bad"\n', encoding="utf-8")
+    with pytest.raises(DataError, match="line 2: invalid JSON"):
+        load_text(path)
+    assert len(load_text(path, skip_bad=True).examples) == 1
+
+
+@pytest.mark.slow
+def test_skipped_rows_are_counted_on_the_terminal_in_metrics_and_listed(tiny, tmp_path):
+    lines = [f"{t},{y}" for t, y in ROWS]
+    for at, (bad, _) in zip((1, 4, 7), CSV_FAULTS):
+        lines[at] = bad
+    data = csv_file(tmp_path / "d.csv", lines)
+    refused = finetune(tiny, tmp_path / "refused", data=data)
+    assert_clean(refused, 2, f"{data}, line 3: unclosed quote", "skip_bad=true")
+    result = finetune(tiny, tmp_path / "run", "skip_bad=true", "--eval-data", data, data=data)
+    assert_clean(result, 0)
+    said = notes(result, "skipped 3 of 10 rows")
+    assert len(said) == 2 and "training" in said[0] and "eval" in said[1]  # once per file and role
+    listed = (tmp_path / "run" / "skipped_rows.txt").read_text().splitlines()
+    expected = [f"{role}: {data}, line {n}" for role in ("training", "eval") for n in (3, 6, 9)]
+    assert [line.split(": ", 2)[0] + ": " + line.split(": ", 2)[1] for line in listed] == expected
+    found = [r for r in records(tmp_path / "run") if r["what"] == "skipped_rows"]
+    assert [(r["role"], r["skipped"], r["rows"], r["step"]) for r in found] == \
+        [("training", 3, 10, 0), ("eval", 3, 10, 0)]
+    scored = edge_zo("eval", "--bundle", tiny / "bundle", "--data", data, "skip_bad=true")
+    assert_clean(scored, 0)
+    assert json.loads(scored.stdout)["examples"] == 7 and json.loads(scored.stdout)["skipped_rows"] == 3
+    assert len(notes(scored, "skipped 3 of 10 rows")) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["finetune", "eval"])
+def test_non_utf8_data_ends_in_one_line(tiny, tmp_path, command):
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(b'{"text": "good", "label": "positive"}\n{"text": "caf\xe9", "label": "positive"}\n')
+    args = ["--bundle", tiny / "bundle", "--data", path] + (["--out", tmp_path / "run"] if command == "finetune" else [])
+    assert_clean(edge_zo(command, *args), 2, f"{path}, line 2: not UTF-8 text (byte 0xe9 at byte offset 51 of the file")
+
+
+def test_a_config_file_that_is_not_utf8_is_refused(tmp_path):
+    from edge_zo.runconfig import resolve
+    (tmp_path / "run.toml").write_bytes(b'bundle = "b"\ndata = "caf\xe9.jsonl"\n')
+    with pytest.raises(UserError, match="not UTF-8 text \\(byte 0xe9 at byte offset 24\\)"):
+        resolve(str(tmp_path / "run.toml"), {}, [])
+
+
+# ---- 3. tokenizer.json: unreadable or another model's --------------------------------
+
+def other_tokenizer(path: Path) -> None:
+    from runtime.fixtures import write_tokenizer
+    write_tokenizer(path, ["[PAD]", "[UNK]", *reversed(WORDS)])  # same size, other ids
+
+
+TOKENIZER_FAULTS = {
+    "empty": (lambda p: p.write_text(""), "not a readable tokenizer (the file is empty)"),
+    "truncated": (lambda p: p.write_text(p.read_text()[:200]), "not a readable tokenizer"),
+    "not json": (lambda p: p.write_bytes(b"\x00\xff" * 40), "not a readable tokenizer"),
+    "another model's": (other_tokenizer, "not the tokenizer this bundle was exported with"),
+}
+
+
+@pytest.mark.parametrize("fault", TOKENIZER_FAULTS)
+def test_a_bad_tokenizer_is_refused_with_the_fix(tiny, tmp_path, fault):
+    bundle = copy_bundle(tiny, tmp_path)
+    damage, message = TOKENIZER_FAULTS[fault]
+    damage(bundle / "tokenizer.json")
+    with pytest.raises(BundleError) as err:
+        load_tokenizer(bundle)
+    assert message in str(err.value) and "re-export" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_another_tokenizer_in_a_bundle_without_a_hash_is_caught_by_its_label_ids(tiny, tmp_path):
+    bundle = copy_bundle(tiny, tmp_path)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    del manifest["source"]["tokenizer_sha256"]  # as bundles exported before issue 15
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    load_tokenizer(bundle)  # its own: fine
+    other_tokenizer(bundle / "tokenizer.json")
+    with pytest.raises(BundleError, match="label word 'bad' is token"):
+        load_tokenizer(bundle)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["finetune", "eval", "plan"])
+def test_a_truncated_tokenizer_ends_in_one_line_in_every_command(tiny, tmp_path, command):
+    bundle = copy_bundle(tiny, tmp_path)
+    TOKENIZER_FAULTS["truncated"][0](bundle / "tokenizer.json")
+    args = {"finetune": ["--data", tiny / "train.jsonl", "--out", tmp_path / "run"],
+            "eval": ["--data", tiny / "train.jsonl"], "plan": ["--memory-budget", "500"]}[command]
+    assert_clean(edge_zo(command, "--bundle", bundle, *args), 2, f"{bundle / 'tokenizer.json'}: not a readable")
+
+
+# ---- 4. plan numbers: budgets, data size, the guard from the first step ----------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["plan", "finetune"])
+@pytest.mark.parametrize("budget", ["0", "-5"])
+def test_a_budget_that_is_not_positive_is_refused(tiny, tmp_path, command, budget):
+    args = ["--data", tiny / "train.jsonl"] + (["--out", tmp_path / "run"] if command == "finetune" else [])
+    result = edge_zo(command, "--bundle", tiny / "bundle", "--memory-budget", budget, *args)
+    assert_clean(result, 2, f"--memory-budget {budget}: a budget is a positive number of MiB")
+
+
+def test_a_missing_data_file_is_not_planned_as_empty():
+    from edge_zo.memory.plan import data_mib
+    with pytest.raises(UserError, match="nowhere.jsonl: data file not found"):
+        data_mib(["nowhere.jsonl"])
+
+
+def test_a_long_text_is_tokenized_from_a_suffix_with_the_same_ids(tiny):
+    tokenizer = load_tokenizer(tiny / "bundle")
+    rng = random.Random(0)
+    for words in (10, 200, 5000):
+        text = " ".join(rng.choice(WORDS) for _ in range(words))
+        assert encode_tail(tokenizer, text, 16)[-16:] == tokenizer.encode(text).ids[-16:]
+    huge = "x" * 100_000  # one [UNK] word: the suffix grows until the text ends
+    assert encode_tail(tokenizer, huge, 16) == tokenizer.encode(huge).ids
+
+
+@pytest.mark.slow
+def test_a_one_line_data_file_is_inside_its_plan(tiny, tmp_path, monkeypatch):
+    """The issue's case: a 19 MB one-line file planned at ~150 MiB peaked at 2.3 GB (its
+    text tokenized whole). Within the model's own error (-13% on the fixtures) now."""
+    from memory import jobs  # runs edge-zo and reads the child's own peak RSS
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    rng = random.Random(1)
+    big = jsonl(tmp_path / "big.jsonl", [(" ".join(rng.choices(WORDS, k=3_000_000)), "positive")])
+    plan = json.loads(edge_zo("plan", "--bundle", tiny / "bundle", "--memory-budget", "400", "--data", big,
+                              "--json").stdout)
+    assert plan["components_mib"]["data"] >= 3.9 * big.stat().st_size / 2**20
+    result, peak = jobs.run(["finetune", "--bundle", str(tiny / "bundle"), "--data", str(big), "--out",
+                             str(tmp_path / "run"), "--memory-budget", "400", "steps=2"], tmp_path / "peak")
+    assert_clean(result, 0)
+    assert peak < plan["predicted_peak_mib"] * 1.15, (peak, plan["predicted_peak_mib"])
+
+
+@pytest.mark.slow
+def test_the_guard_acts_before_the_first_step(tiny, tmp_path):
+    result = finetune(tiny, tmp_path / "run", "--memory-budget", "20", "--no-plan")
+    assert_clean(result, 75, "memory budget 20 MiB reached", "before step 1")
+    journal = tmp_path / "run" / "journal.jsonl"
+    assert not journal.exists() or not journal.read_text()  # no step ran
+
+
+def test_the_guard_says_each_lowering_and_records_it():
+    said = []
+    runtime = SimpleNamespace(probe_slots=4)
+    runtime.set_probe_slots = lambda p: setattr(runtime, "probe_slots", p)
+    peaks = iter([50.0, 95.0, 95.0, 97.0])
+    guard = MemoryGuard(Budget(100), runtime, sample=lambda: next(peaks),
+                        notify=lambda message, **record: said.append((message, record)))
+    for step in range(4):
+        guard.check(step)
+    assert runtime.probe_slots == 1 and [r["probe_slots"] for _, r in said] == [2, 1]
+    assert "lowered 4 -> 2" in said[0][0] and said[0][1]["what"] == "probe_slots" and said[0][1]["step"] == 1
+
+
+# ---- 5. the command line ---------------------------------------------------------------
+
+@pytest.mark.slow
+def test_key_value_overrides_may_sit_before_options(tiny, tmp_path):
+    result = edge_zo("finetune", "--bundle", tiny / "bundle", "steps=1", "--data", tiny / "train.jsonl",
+                     "batch_size=2", "--out", tmp_path / "run", "eval_every=0")
+    assert_clean(result, 0)
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (saved["steps"], saved["batch_size"]) == (1, 2)
+
+
+def test_help_says_each_default_once():
+    action = next(a for a in build_parser()._actions if hasattr(a, "choices") and isinstance(a.choices, dict))
+    for name, parser in action.choices.items():
+        text = parser.format_help()
+        assert "(default: None)" not in text and "(default: False)" not in text, name
+        for option in parser._actions:
+            shown = parser._get_formatter()._expand_help(option) if option.help else ""
+            assert shown.count("default") <= 1, (name, option.dest, shown)
+
+
+@pytest.mark.slow
+def test_eval_takes_a_user_template(tiny, tmp_path):
+    template = ["template_prompt=Opinion: {text} =>", "template_labels=negative=bad,positive=good"]
+    result = edge_zo("eval", "--bundle", tiny / "bundle", "--data", tiny / "train.jsonl", *template)
+    assert_clean(result, 0)
+    assert json.loads(result.stdout)["examples"] == 10
+    wrong = edge_zo("eval", "--bundle", tiny / "bundle", "--data", tiny / "train.jsonl", "steps=3")
+    assert_clean(wrong, 2, "'steps' is not one of them")
+    swapped = edge_zo("eval", "--bundle", tiny / "bundle", "--data", tiny / "train.jsonl", template[0],
+                      "template_labels=negative=good,positive=bad")
+    assert_clean(swapped, 2, "gives label 0 the word 'good'")
+
+
+# ---- 6. loud fallbacks -----------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(), reason="CUDA is there: no fallback")
+def test_a_cuda_fallback_is_said_once_and_recorded(tiny, tmp_path):
+    result = finetune(tiny, tmp_path / "run", "provider=cuda")
+    assert_clean(result, 0)
+    said = notes(result, "CUDA requested but running on the CPU")
+    assert len(said) == 1 and said[0].startswith("edge-zo: warning:"), result.stderr
+    (record,) = [r for r in records(tmp_path / "run") if r["what"] == "provider_fallback"]
+    assert record["provider"] == "cpu" and "no CUDA provider" in record["message"]
+
+
+@pytest.mark.slow
+def test_a_batch_larger_than_the_data_is_said_and_recorded(tiny, tmp_path):
+    result = edge_zo("finetune", "--bundle", tiny / "bundle", "--data", tiny / "train.jsonl", "--out",
+                     tmp_path / "run", "steps=1", "eval_every=0")
+    assert_clean(result, 0)
+    assert len(notes(result, "batch_size 16 is more than the 10 training examples")) == 1
+    (record,) = [r for r in records(tmp_path / "run") if r["what"] == "batch_size"]
+    assert (record["batch_size"], record["examples"]) == (16, 10)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(), reason="CUDA is there: no fallback")
+def test_planning_a_cuda_profile_on_the_cpu_is_said(tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    result = edge_zo("plan", "--bundle", tiny / "bundle", "--profile", "jetson-orin-nano-8gb", "--batch", "2")
+    assert_clean(result, 0)
+    assert len(notes(result, "cuda requested but calibrating on the CPU")) == 1, result.stderr
