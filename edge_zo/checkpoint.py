@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,14 +38,25 @@ class Checkpoint:
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` so that a kill leaves either the old or the new file."""
+    """Replace `path` with `data` so that a kill leaves either the old or the new file;
+    a failed write (disk full, size limit) removes its temporary file and leaves the old."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with _removed_on_failure(tmp), open(tmp, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
     _fsync_dir(path.parent)
+
+
+@contextmanager
+def _removed_on_failure(*paths: Path):
+    try:
+        yield
+    except BaseException:
+        for path in paths:
+            path.unlink(missing_ok=True)
+        raise
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -70,18 +82,26 @@ def save(folder: str | Path, step: int, arrays: dict[str, np.ndarray], meta: dic
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"ckpt-{step:09d}.npz"
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        # np.savez of a dict keeps names and dtypes exactly; no pickles, so loading is safe.
-        np.savez(f, __meta__=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(folder)
-    atomic_write(path.with_suffix(".done"), _sha256(path).encode())
+    # A failed write leaves no .tmp and no unmarked file that could push a good one out.
+    with _removed_on_failure(tmp, path):
+        with open(tmp, "wb") as f:
+            # np.savez of a dict keeps names and dtypes exactly; no pickles, so loading is safe.
+            np.savez(f, __meta__=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(folder)
+        atomic_write(path.with_suffix(".done"), _sha256(path).encode())
     for old in sorted(folder.glob("ckpt-*.npz"))[:-KEEP]:
         old.with_suffix(".done").unlink(missing_ok=True)  # unmark first: never a marked stub
         old.unlink(missing_ok=True)
     return path
+
+
+def latest_step(folder: str | Path) -> int | None:
+    """The step of the newest checkpoint marked complete (not re-hashed), or None."""
+    marked = [p for p in Path(folder).glob("ckpt-*.npz") if p.with_suffix(".done").is_file()]
+    return int(max(marked).stem.split("-")[1]) if marked else None
 
 
 def load_latest(folder: str | Path) -> Checkpoint | None:
@@ -98,6 +118,11 @@ def load_latest(folder: str | Path) -> Checkpoint | None:
         meta = json.loads(arrays.pop("__meta__").tobytes())
         return Checkpoint(int(path.stem.split("-")[1]), arrays, meta, path)
     return None
+
+
+def _is_entry(record) -> bool:
+    return (isinstance(record, dict) and isinstance(record.get("step"), int)
+            and isinstance(record.get("losses"), list))
 
 
 class Journal:
@@ -128,8 +153,11 @@ class Journal:
             except json.JSONDecodeError:
                 if number >= len(lines) - 1:  # the last line: the kill landed mid-write
                     break
-                raise UserError(f"{self.path}, line {number}: damaged journal entry; "
-                                "the run cannot be replayed past it") from None
+                record = None
+            if not _is_entry(record):
+                raise UserError(f"{self.path}, line {number}: not a journal entry of this run (damaged or "
+                                "added from elsewhere); the run cannot be replayed past it: remove that "
+                                "line and the ones after it, then resume (the steps are redone)")
             if record["step"] > after_step:
                 records.append(record)
         return records
