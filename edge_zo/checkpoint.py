@@ -155,9 +155,9 @@ class Journal:
                     break
                 record = None
             if not _is_entry(record):
-                raise UserError(f"{self.path}, line {number}: not a journal entry of this run (damaged or "
-                                "added from elsewhere); the run cannot be replayed past it: remove that "
-                                "line and the ones after it, then resume (the steps are redone)")
+                raise UserError(f"{self.path}, line {number}: damaged journal entry (or one added from "
+                                "elsewhere); the run cannot be replayed past it: remove that line and the "
+                                "ones after it, then resume (those steps are redone)")
             if record["step"] > after_step:
                 records.append(record)
         return records

@@ -57,6 +57,8 @@ def train(config: RunConfig, run_dir: Path, resume: bool, budget: Budget | None,
     # ---- the pieces: bundle, data, runtime, optimizer ---------------------------------
     run_dir.mkdir(parents=True, exist_ok=True)
     manifest = read_manifest(config.bundle)
+    if resume:  # the checkpoints' weights were trained on this model?
+        runconfig.check_bundle(run_dir, config, record=True)
     tokenizer = load_tokenizer(config.bundle)
     template = template_for(config, manifest)
     train = load_examples(config, config.data, manifest, template)
@@ -78,7 +80,6 @@ def train(config: RunConfig, run_dir: Path, resume: bool, budget: Budget | None,
     # ---- a fresh run records its config; a resumed one restores and replays ---------
     restored = False
     if resume:
-        runconfig.check_bundle(run_dir, config, record=True)
         state, restored = restore(run_dir, runtime, config, state, progress)
     else:
         runconfig.save(config, run_dir)

@@ -39,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
         given.update(template_prompt="", template_labels=(), template_choices=())
     config = dataclasses.replace(config, **given) if config else runconfig.resolve(None, given, [])
     manifest = read_manifest(bundle)
+    if args.run:
+        runconfig.check_bundle(Path(args.run), config)  # its weights were trained on this model?
     runtime = Runtime(bundle, provider=args.provider)
     state = None
     if args.run:
