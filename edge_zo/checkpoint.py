@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_zo.errors import UserError
+from edge_zo.errors import UserError, naming
 
 KEEP = 2  # checkpoints kept on disk: the newest and the one it replaced
 
@@ -51,11 +51,14 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 @contextmanager
 def _removed_on_failure(*paths: Path):
+    """On any failure remove `paths`; an OSError without a file name gets the first one's."""
     try:
         yield
-    except BaseException:
+    except BaseException as err:
         for path in paths:
             path.unlink(missing_ok=True)
+        if isinstance(err, OSError) and not err.filename:
+            raise OSError(err.errno, err.strerror, str(paths[0])) from None
         raise
 
 
@@ -130,14 +133,16 @@ class Journal:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self._file = None
+        self._fd = None  # unbuffered: a failed write leaves nothing queued to fail again at exit
 
     def append(self, record: dict) -> None:
-        if self._file is None:
-            self._file = open(self.path, "a", encoding="utf-8")
-        self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        data = (json.dumps(record, separators=(",", ":")) + "\n").encode()
+        with naming(self.path):
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            while data:  # a short write (a signal, a nearly full disk) goes on where it stopped
+                data = data[os.write(self._fd, data):]
+            os.fsync(self._fd)
 
     def read(self, after_step: int = -1) -> list[dict]:
         """Records with step > after_step, in order; a torn final line is dropped."""
@@ -169,6 +174,6 @@ class Journal:
         atomic_write(self.path, "".join(kept).encode())
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

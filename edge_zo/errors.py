@@ -63,6 +63,17 @@ def disk_error(err: OSError, place: str, next_step: str | Callable[[], str]) -> 
 
 
 @contextmanager
+def naming(path):
+    """An OSError inside the block without a file name (a failed write()) gets `path`'s."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename:
+            raise
+        raise OSError(err.errno, err.strerror, str(path)) from None
+
+
+@contextmanager
 def writes_to(place: str, next_step: str | Callable[[], str]):
     """Turn a disk fault inside the block into one DiskError line; other errors pass through."""
     try:

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from edge_zo.checkpoint import atomic_write
+from edge_zo.errors import naming
 
 
 class Clock:
@@ -53,7 +54,7 @@ class MetricsLog:
         self._warned = False
 
     def write(self, record: dict) -> None:
-        with open(self.path, "a", encoding="utf-8") as f:
+        with naming(self.path), open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record, separators=(",", ":")) + "\n")
 
     def read(self) -> list[dict]:
@@ -114,6 +115,7 @@ def plot(records: list[dict], out: str | Path) -> Path | None:
         if evals:
             axes[1, col].legend()
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
+    with naming(out):
+        fig.savefig(out, dpi=100)
     plt.close(fig)
     return Path(out)

@@ -20,7 +20,7 @@ import os
 import shutil
 from pathlib import Path
 
-from edge_zo.errors import EXIT_BUSY, UserError
+from edge_zo.errors import EXIT_BUSY, UserError, disk_error
 from edge_zo.leftovers import remove_temp_files
 
 LOCK_NAME = ".lock"
@@ -28,22 +28,30 @@ CONFIG_NAME = "config.json"
 RUN_FILES = ("journal.jsonl", "metrics.jsonl", "checkpoints", "best")
 
 
+def _unwritable(err: OSError, path: Path) -> UserError:
+    """A folder the run cannot write to: a disk fault (exit EXIT_DISK) or another OSError."""
+    step = "make it writable, or choose (or copy the run to) a writable folder"
+    return disk_error(err, str(path), step) or UserError(f"{path}: {err.strerror}; {step}")
+
+
 class RunFolder:
     """The lock on one run folder; `release()` (or the process's end) lets it go."""
 
-    def __init__(self, path: Path, created: bool, fd: int):
-        self.path, self.created, self._fd = path, created, fd
+    def __init__(self, path: Path, created: Path | None, fd: int):
+        self.path, self.created, self._fd = path, created, fd  # created: the topmost new folder
 
     @classmethod
     def claim_new(cls, path: Path) -> "RunFolder":
         """Lock `path` for a new run: created if missing, refused if it holds run files."""
         if path.exists() and not path.is_dir():
             raise UserError(f"--out {path} is a file, not a folder; choose a folder path for the run")
-        created = not path.exists()
+        created = next((p for p in reversed([path, *path.parents]) if not p.exists()), None)
         try:
             path.mkdir(parents=True, exist_ok=True)
-        except FileExistsError:
+        except (FileExistsError, NotADirectoryError):
             raise UserError(f"--out {path}: a parent of it is a file; choose another --out") from None
+        except OSError as err:
+            raise _unwritable(err, path) from None
         folder = cls._lock(path, created)
         try:
             folder._refuse_old_files()
@@ -58,18 +66,17 @@ class RunFolder:
         if not path.is_dir():
             what = "is a file, not a run folder" if path.exists() else "does not exist"
             raise UserError(f"--resume {path}: {what}; pass the --out folder of the run to continue")
-        return cls._lock(path, created=False)
+        return cls._lock(path, created=None)
 
     @classmethod
-    def _lock(cls, path: Path, created: bool) -> "RunFolder":
+    def _lock(cls, path: Path, created: Path | None) -> "RunFolder":
         lock = path / LOCK_NAME
         try:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as err:
             if created:
-                shutil.rmtree(path, ignore_errors=True)
-            raise UserError(f"{lock}: cannot create the run's lock file ({err.strerror}); "
-                            "choose a writable folder") from None
+                shutil.rmtree(created, ignore_errors=True)
+            raise _unwritable(err, lock) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -97,10 +104,13 @@ class RunFolder:
         return (self.path / CONFIG_NAME).exists()
 
     def abandon(self) -> None:
-        """A refused or failed job: remove the folder if this job created it and the run
-        never started; then let the lock go."""
-        if self.created and not self.started():
-            shutil.rmtree(self.path, ignore_errors=True)
+        """A refused or failed job that never started the run leaves nothing: the folders
+        it created are removed, and in a folder it found, its lock file."""
+        if not self.started():
+            if self.created:
+                shutil.rmtree(self.created, ignore_errors=True)
+            else:
+                (self.path / LOCK_NAME).unlink(missing_ok=True)
         self.release()
 
     def release(self) -> None:
