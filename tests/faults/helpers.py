@@ -1,0 +1,84 @@
+"""Shared by the fault-injection tests: run `edge-zo` in a real subprocess and check that it
+ended cleanly (exit code, one line on stderr naming the place, no traceback)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from edge_zo.checkpoint import load_latest
+
+ENV = {**os.environ, "TQDM_DISABLE": "1"}  # no progress bars: stderr holds only what we say
+
+
+def cli(*args, timeout: float = 180, **popen) -> subprocess.CompletedProcess:
+    """`edge-zo ARGS...` in a subprocess; stdout and stderr captured as text."""
+    return subprocess.run([sys.executable, "-m", "edge_zo.cli", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, env=ENV, **popen)
+
+
+def start(*args, **popen) -> subprocess.Popen:
+    """`edge-zo ARGS...` started in the background, stderr piped."""
+    return subprocess.Popen([sys.executable, "-m", "edge_zo.cli", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=ENV, **popen)
+
+
+def assert_clean(result, code: int, *names) -> str:
+    """Exit `code`, stderr exactly one line with each of `names` in it, no traceback."""
+    err = result.stderr if isinstance(result.stderr, str) else result.stderr.read()
+    assert result.returncode == code, (result.returncode, err)
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    for name in names:
+        assert str(name) in lines[0], (name, lines[0])
+    return lines[0]
+
+
+def temp_files(folder: Path) -> list[Path]:
+    """Leftovers of half-done writes: *.tmp files and hidden .partial- folders."""
+    return [p for p in Path(folder).rglob("*") if p.name.endswith(".tmp") or ".partial-" in p.name]
+
+
+def weights(run: Path) -> dict[str, np.ndarray]:
+    """The newest complete checkpoint's arrays (weights and optimizer state)."""
+    return load_latest(Path(run) / "checkpoints").arrays
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        assert np.array_equal(wa[name], wb[name]), name
+
+
+def dead_pid() -> int:
+    """The pid of a process that has ended."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def file_size_limit(nbytes: int):
+    """preexec_fn: `ulimit -f` in the child; a write past it fails with EFBIG (Python ignores
+    SIGXFSZ, so the process is not killed)."""
+    import resource
+
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, nbytes))
+
+
+def wait_for_steps(run: Path, steps: int, proc, timeout: float = 120) -> None:
+    """Until the run's journal holds `steps` lines (the process must still be running)."""
+    import time
+
+    journal, deadline = Path(run) / "journal.jsonl", time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if journal.is_file() and journal.read_bytes().count(b"\n") >= steps:
+            return
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.005)
+    raise AssertionError(f"{journal}: fewer than {steps} steps after {timeout} s")
