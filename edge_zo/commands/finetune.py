@@ -121,8 +121,12 @@ def _after_disk_fault(folder) -> str:
     """What to do after a failed write: resume once the run has recorded its config (its
     last complete checkpoint is intact), else start it again."""
     if folder.started():
+        from edge_zo.checkpoint import latest_step
+
+        step = latest_step(folder.path / "checkpoints")
+        kept = f"from its intact checkpoint of step {step}" if step is not None else "from its journal"
         return (f"free space (or lift the limit), then continue with: edge-zo finetune --resume "
-                f"{folder.path} (its last complete checkpoint is intact)")
+                f"{folder.path} (it goes on {kept})")
     return "free space (or lift the limit) and start the run again, or choose another --out"
 
 

@@ -159,3 +159,87 @@ def test_a_foreign_line_in_the_journal_is_one_line(reference, tmp_path):
     lines.insert(160, '{"note": "from elsewhere"}\n')  # after the step-150 checkpoint: replayed
     (run / "journal.jsonl").write_text("".join(lines))
     assert_clean(resume(run), EXIT_BAD_INPUT, run / "journal.jsonl", "line 161", "remove that line")
+
+
+# ---- 6. disk faults: file size limit, full disk, read-only folder -------------------------
+
+# ulimit -f in bytes -> what hits it first (journal lines ~180 B, checkpoints ~10 kB, the plot ~55 kB)
+LIMITS = {4_000: "journal.jsonl", 9_500: "ckpt-000000050.npz", 20_000: "journal.jsonl", 45_000: "metrics.png"}
+
+
+@pytest.mark.parametrize("limit", LIMITS)
+def test_a_file_size_limit_ends_clean_and_the_run_resumes_bit_identical(job, reference, tmp_path, limit):
+    run = tmp_path / "run"
+    result = cli(*new_run(job, run), preexec_fn=file_size_limit(limit))
+    assert_clean(result, EXIT_DISK, LIMITS[limit], "file size limit", f"--resume {run}")
+    assert temp_files(run) == []
+    again = resume(run, preexec_fn=file_size_limit(limit))  # resumed under the same limit: clean again
+    assert again.returncode in (0, EXIT_DISK), again.stderr
+    if again.returncode:
+        assert_clean(again, EXIT_DISK, run, "file size limit")
+    assert temp_files(run) == []
+    assert_resumes_to(run, reference)
+
+
+def test_a_full_disk_ends_clean_and_the_run_resumes_bit_identical(job, reference, tmp_path):
+    with mounted_tmpfs(tmp_path / "disk", "48k") as disk:
+        run = disk / "run"
+        result = cli(*new_run(job, run))
+        assert_clean(result, EXIT_DISK, run, "disk is full", f"--resume {run}")
+        assert temp_files(run) == []
+        remount(disk, "size=4m")
+        assert_resumes_to(run, reference)
+
+
+@pytest.fixture
+def read_only(tmp_path):
+    """A folder made read-only, and writable again: a remounted tmpfs as root (chmod does not
+    stop root), chmod otherwise."""
+    if os.geteuid() != 0:
+        folder = tmp_path / "ro"
+        folder.mkdir()
+        yield folder, lambda ro: folder.chmod(0o555 if ro else 0o755)
+        folder.chmod(0o755)
+        return
+    with mounted_tmpfs(tmp_path / "ro", "4m") as folder:
+        yield folder, lambda ro: remount(folder, "ro" if ro else "rw")
+
+
+def test_a_read_only_folder_ends_clean_in_finetune_and_resume(job, reference, read_only):
+    folder, set_read_only = read_only
+    run = folder / "run"
+    assert_clean(cli(*new_run(job, run), preexec_fn=file_size_limit(20_000)), EXIT_DISK, run)
+    set_read_only(True)
+    assert_clean(resume(run), EXIT_DISK, run, "writable")
+    assert_clean(cli(*new_run(job, folder / "other")), EXIT_DISK, folder / "other")
+    set_read_only(False)
+    assert not (folder / "other").exists()
+    assert_resumes_to(run, reference)
+
+
+# ---- 7. divergence: the advice can be followed, with or without a checkpoint ---------------
+
+def test_eta_inf_advice_is_followed_from_step_0(job, reference, tmp_path):
+    run = tmp_path / "run"
+    line = assert_clean(cli(*new_run(job, run, "optimizer.eta=inf")), EXIT_DIVERGED,
+                        f"--resume {run} optimizer.eta=", "no checkpoint yet")
+    assert "last checkpoint" not in line
+    assert_resumes_to(run, reference, "optimizer.eta=0.01")  # the preset's eta: the reference run
+
+
+def test_divergence_after_a_checkpoint_resumes_from_it_with_a_lower_eta(job, tmp_path):
+    run = tmp_path / "run"
+    assert cli(*new_run(job, run, "optimizer.schedule=constant")).returncode == 0
+    diverged = resume(run, "--steps", "260", "optimizer.eta=inf")
+    assert_clean(diverged, EXIT_DIVERGED, "the last checkpoint (step 200)", f"--resume {run} optimizer.eta=")
+    assert resume(run, "optimizer.eta=0.005").returncode == 0
+    steps = [json.loads(l)["step"] for l in (run / "journal.jsonl").read_text().splitlines()]
+    assert steps == list(range(260))
+    assert json.loads((run / "config.json").read_text())["optimizer"]["eta"] == "0.005"
+
+
+def test_resume_refuses_keys_that_would_change_the_run(reference, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    assert_clean(resume(run, "seed=3"), EXIT_BAD_INPUT, "seed", "optimizer.eta")
+    assert_clean(resume(run, "optimizer.eta=fast"), EXIT_BAD_INPUT, "eta")
