@@ -177,11 +177,12 @@ def _read(run_dir: Path) -> dict:
 def check_bundle(run_dir: Path, config: RunConfig, record: bool = False) -> None:
     """Refuse when `config.bundle` holds another model than the run was trained on; a run
     from before fingerprints gets one recorded when `record` (a resume holds the lock)."""
-    recorded = _read(run_dir).get("bundle_fingerprint")
-    now = fingerprint(config.bundle)
+    values = _read(run_dir)
+    recorded, now = values.get("bundle_fingerprint"), fingerprint(config.bundle)
     if recorded is None:
-        if record:
-            save(config, run_dir)
+        if record:  # the saved values as they are, plus the fingerprint
+            atomic_write(run_dir / CONFIG_NAME, (json.dumps({**values, "bundle_fingerprint": now}, indent=2)
+                                                 + "\n").encode())
         return
     if recorded != now:
         raise ConfigError(f"{config.bundle} now holds another model than {run_dir} was trained on (bundle "

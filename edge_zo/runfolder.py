@@ -64,8 +64,9 @@ class RunFolder:
     def claim_existing(cls, path: Path) -> "RunFolder":
         """Lock an existing run folder for `--resume`."""
         if not path.is_dir():
-            what = "is a file, not a run folder" if path.exists() else "does not exist"
-            raise UserError(f"--resume {path}: {what}; pass the --out folder of the run to continue")
+            what = "it is a file" if path.exists() else "it does not exist"
+            raise UserError(f"{path / CONFIG_NAME}: missing; is {path} a run folder made by `edge-zo finetune`? "
+                            f"({what}; pass the --out folder of the run to continue)")
         return cls._lock(path, created=None)
 
     @classmethod

@@ -11,6 +11,7 @@ journal still lets `--resume` continue from the last completed step.
 from __future__ import annotations
 
 import signal
+import threading
 from contextlib import contextmanager
 
 from edge_zo.errors import EXIT_SIGINT, EXIT_SIGTERM, UserError
@@ -46,6 +47,9 @@ class StopFlag:
 def stop_on_signals():
     """Within the block, SIGINT and SIGTERM set the returned flag instead of killing."""
     flag = StopFlag()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag  # only the main thread may set handlers: a library caller's thread keeps its own
+        return
     previous = {sig: signal.signal(sig, flag._handle) for sig in CODES}
     try:
         yield flag

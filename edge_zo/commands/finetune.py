@@ -61,10 +61,10 @@ def run(args: argparse.Namespace) -> int:
         config = _resolved_config(args)  # a bad option is refused before the folder is touched
         folder, changed = RunFolder.claim_new(Path(args.out)), {}
     try:
-        if args.resume:
-            config, changed = _resumed_config(folder.path, args)
-        budget = check_budget(config, args.profile, args.memory_budget, plan=not args.no_plan)
         with stop_on_signals() as stop, writes_to(str(folder.path), lambda: _after_disk_fault(folder)):
+            if args.resume:
+                config, changed = _resumed_config(folder.path, args)
+            budget = check_budget(config, args.profile, args.memory_budget, plan=not args.no_plan)
             record = loop.finetune(config, folder.path, resume=bool(args.resume), budget=budget,
                                    stop=stop, changed=changed)
     except BaseException:
