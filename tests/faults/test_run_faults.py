@@ -243,3 +243,18 @@ def test_resume_refuses_keys_that_would_change_the_run(reference, tmp_path):
     shutil.copytree(reference, run)
     assert_clean(resume(run, "seed=3"), EXIT_BAD_INPUT, "seed", "optimizer.eta")
     assert_clean(resume(run, "optimizer.eta=fast"), EXIT_BAD_INPUT, "eta")
+
+
+def test_the_fingerprint_follows_the_model_not_incidental_files(job, tmp_path):
+    from edge_zo.bundle import read_manifest, write_manifest
+    from edge_zo.bundle_hash import fingerprint
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(job / "bundle", bundle)
+    before = fingerprint(bundle)
+    manifest = read_manifest(bundle)
+    write_manifest(bundle, type(manifest)(**{**manifest.__dict__, "exporter": {"edge_zo": "9"}}))
+    (bundle / "notes.txt").write_text("re-exported by a newer edge-zo")
+    assert fingerprint(bundle) == before
+    write_manifest(bundle, type(manifest)(**{**manifest.__dict__, "label_words": ["good", "bad"]}))
+    assert fingerprint(bundle) != before
