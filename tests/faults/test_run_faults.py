@@ -54,6 +54,23 @@ def test_a_run_folder_is_owned_by_one_process(job, reference, tmp_path):
     assert_same_weights(run, reference)
 
 
+def test_two_new_runs_started_at_once_on_one_out(job, reference, tmp_path):
+    run = tmp_path / "run"
+    procs = {seed: start(*new_run(job, run, "--seed", str(seed))) for seed in (0, 1)}
+    codes = {seed: proc.wait(timeout=180) for seed, proc in procs.items()}
+    winner = next(seed for seed, code in codes.items() if code == 0)
+    loser = procs[1 - winner]
+    assert codes[1 - winner] in (EXIT_BUSY, EXIT_BAD_INPUT)  # busy, or it came after the end
+    assert_clean(loser, codes[1 - winner], run)
+    assert json.loads((run / "config.json").read_text())["seed"] == winner
+    if winner == 0:
+        assert_same_weights(run, reference)
+    else:  # the survivor's config says seed 1: so must its weights
+        again = tmp_path / "again"
+        assert cli(*new_run(job, again, "--seed", "1")).returncode == 0
+        assert_same_weights(run, again)
+
+
 # ---- 2. --out that holds other files, or is a file; a refused job leaves nothing --------------
 
 @pytest.mark.parametrize("stale", ["journal.jsonl", "metrics.jsonl", "checkpoints", "best"])
@@ -258,3 +275,15 @@ def test_the_fingerprint_follows_the_model_not_incidental_files(job, tmp_path):
     assert fingerprint(bundle) == before
     write_manifest(bundle, type(manifest)(**{**manifest.__dict__, "label_words": ["good", "bad"]}))
     assert fingerprint(bundle) != before
+
+
+def test_every_exit_code_is_in_the_docs_table():
+    from pathlib import Path
+
+    from edge_zo import errors
+
+    codes = {name: value for name, value in vars(errors).items() if name.startswith("EXIT_")}
+    table = (Path(__file__).parents[2] / "docs" / "exit-codes.md").read_text()
+    rows = {line.split("|")[2].strip(" `"): int(line.split("|")[1]) for line in table.splitlines()
+            if line.startswith("| ") and line.split("|")[1].strip().isdigit()}
+    assert rows == codes
