@@ -30,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="TOML config file; options and key=value win over it")
     parser.add_argument("--out", metavar="RUN", help="run folder: config, journal, metrics, checkpoints")
     parser.add_argument("--resume", metavar="RUN", help="continue a run that stopped or was killed "
-                        "(with --profile / --memory-budget if it stopped at its budget)")
+                        "(with --profile / --memory-budget if it stopped at its budget; --steps, "
+                        "optimizer.eta=... may change: docs/finetune.md, resuming)")
     parser.add_argument("--profile", help="device profile (see `edge-zo profiles`) or .toml file: the job "
                         "is planned against its memory budget and refused if it cannot fit")
     parser.add_argument("--memory-budget", type=int, metavar="MiB",

@@ -198,6 +198,13 @@ def test_a_file_size_limit_ends_clean_and_the_run_resumes_bit_identical(job, ref
     assert_resumes_to(run, reference)
 
 
+def test_a_new_run_that_cannot_write_its_config_leaves_nothing(job, tmp_path):
+    run = tmp_path / "new" / "run"
+    result = cli(*new_run(job, run), preexec_fn=file_size_limit(300))
+    assert_clean(result, EXIT_DISK, run / "config.json", "file size limit", "start the run again")
+    assert not (tmp_path / "new").exists()
+
+
 def test_a_full_disk_ends_clean_and_the_run_resumes_bit_identical(job, reference, tmp_path):
     with mounted_tmpfs(tmp_path / "disk", "48k") as disk:
         run = disk / "run"
