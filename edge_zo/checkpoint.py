@@ -5,6 +5,7 @@ It is written to a temporary file, fsynced, renamed into place, and only then ma
 complete by a small `.done` file that holds its SHA-256; the previous checkpoint is removed
 only after the new one is whole. Loading takes the newest checkpoint whose marker exists and
 whose hash matches, so a half-written or corrupted file falls back to the one before.
+A write that fails (disk full, size limit) removes its temporary and unmarked files.
 
 Between checkpoints the journal records each step's key and scalar results (a few bytes a
 step, fsynced), so a resumed run replays the steps after the checkpoint without forward

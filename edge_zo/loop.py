@@ -7,6 +7,8 @@ seed and step), let the optimizer query the runtime's losses and update, journal
 losses (fsynced: from then on the step counts), log. Resuming loads the newest intact
 checkpoint and replays the journaled steps after it with their recorded losses instead of
 forward passes, so a run killed at any moment ends in the same weights, bit for bit.
+SIGINT / SIGTERM (edge_zo/stopping.py) and the memory guard stop before a step, after a
+checkpoint there. The command holds the run folder's lock (edge_zo/runfolder.py) throughout.
 """
 
 from __future__ import annotations

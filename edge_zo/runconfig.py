@@ -22,6 +22,7 @@ else:
 
 from edge_zo import rng
 from edge_zo.bundle_hash import fingerprint
+from edge_zo.errors import UserError
 from edge_zo.checkpoint import atomic_write
 from edge_zo.optim import build_config
 from edge_zo.optim.base import ConfigError
@@ -152,9 +153,13 @@ def _flatten(table: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def save(config: RunConfig, run_dir: Path) -> None:
-    """config.json, with the noise stream and the bundle's fingerprint (edge_zo/bundle_hash.py)."""
-    values = {**dataclasses.asdict(config), "noise_stream": rng.STREAM_VERSION,
-              "bundle_fingerprint": fingerprint(config.bundle)}
+    """config.json, with the noise stream and the bundle's fingerprint (edge_zo/bundle_hash.py;
+    none for a bundle that cannot be read: `finetune` has read it before it saves)."""
+    values = {**dataclasses.asdict(config), "noise_stream": rng.STREAM_VERSION}
+    try:
+        values["bundle_fingerprint"] = fingerprint(config.bundle)
+    except (UserError, OSError):
+        pass
     atomic_write(run_dir / CONFIG_NAME, (json.dumps(values, indent=2) + "\n").encode())
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -84,8 +85,6 @@ def _resolved_config(args: argparse.Namespace):
 
 def _resumed_config(run_dir: Path, args: argparse.Namespace):
     """The run's saved config with the `RESUME_KEYS` given; (config, {key: new value})."""
-    import dataclasses
-
     from edge_zo import runconfig
     from edge_zo.optim.configs import parse_overrides
 
