@@ -13,8 +13,7 @@ import pytest
 from faults.helpers import cli
 from runtime.fixtures import build
 
-STEPS = 200
-RUN_ARGS = ("steps=200", "checkpoint_every=50", "batch_size=8")
+RUN_ARGS = ("steps=120", "checkpoint_every=30", "batch_size=8")
 
 
 @pytest.fixture(scope="session")
