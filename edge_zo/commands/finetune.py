@@ -7,7 +7,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from edge_zo.errors import UserError, writes_to
+from edge_zo.errors import EXIT_SIGINT, UserError, writes_to
 
 HELP = "fine-tune a bundle on local data (JSONL, CSV, TSV) with forward passes only"
 
@@ -69,6 +69,12 @@ def run(args: argparse.Namespace) -> int:
             budget = check_budget(config, args.profile, args.memory_budget, plan=not args.no_plan)
             record = loop.finetune(config, folder.path, resume=bool(args.resume), budget=budget,
                                    stop=stop, changed=changed)
+    except KeyboardInterrupt:  # a second signal while the first was honoured: no checkpoint
+        folder.abandon()
+        if not folder.started():
+            raise
+        raise UserError(f"interrupted; {folder.path}'s journal keeps every completed step: continue with: "
+                        f"edge-zo finetune --resume {folder.path}", exit_code=EXIT_SIGINT) from None
     except BaseException:
         folder.abandon()
         raise

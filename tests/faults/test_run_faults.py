@@ -134,6 +134,20 @@ def test_a_signal_checkpoints_and_the_resumed_run_is_bit_identical(job, referenc
     assert_resumes_to(run, reference)
 
 
+def test_a_second_signal_stops_at_once_and_the_journal_resumes_bit_identical(job, reference, tmp_path):
+    run = tmp_path / "run"
+    proc = start(*new_run(job, run))
+    wait_for_steps(run, 3, proc)
+    os.kill(proc.pid, signal.SIGSTOP)
+    os.kill(proc.pid, signal.SIGTERM)  # two different signals: both are delivered on SIGCONT
+    os.kill(proc.pid, signal.SIGINT)
+    os.kill(proc.pid, signal.SIGCONT)
+    proc.wait(timeout=60)
+    assert_clean(proc, EXIT_SIGINT, f"--resume {run}")
+    assert temp_files(run) == []
+    assert_resumes_to(run, reference)
+
+
 # ---- 5. damaged or mismatched run files ---------------------------------------------------
 
 @pytest.mark.parametrize("damage", ["truncated", "empty", "a list"])
