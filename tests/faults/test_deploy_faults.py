@@ -8,7 +8,9 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,7 @@ pytest.importorskip("onnx")
 
 from edge_zo.cli import main  # noqa: E402
 from edge_zo.errors import EXIT_BAD_INPUT, EXIT_DISK  # noqa: E402
-from faults.helpers import assert_clean, cli, dead_pid, file_size_limit, temp_files  # noqa: E402
+from faults.helpers import assert_clean, cli, dead_pid, file_size_limit, start, temp_files  # noqa: E402
 from runtime.fixtures import build  # noqa: E402
 
 pytestmark = [pytest.mark.export, pytest.mark.slow]
@@ -71,6 +73,25 @@ def test_deploy_removes_a_killed_deploys_staging_folder(trained, tmp_path):
     result = cli("deploy", trained["run"], "--out", out)
     assert result.returncode == 0, result.stderr
     assert out.is_file() and not dead.exists() and live.is_dir()
+
+
+def test_a_deploy_killed_mid_write_is_cleaned_up_by_the_next(trained, tmp_path):
+    out = tmp_path / "model.onnx"
+    for _ in range(3):  # the staging window is short: catch it, freeze it, kill it
+        proc = start("deploy", trained["run"], "--out", out)
+        while proc.poll() is None and not list(tmp_path.glob(".model.onnx.partial-*")):
+            time.sleep(0.001)
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGSTOP)
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            break
+        out.unlink(missing_ok=True)
+    else:
+        pytest.skip("deploy finished before its staging folder could be caught")
+    assert list(tmp_path.glob(".model.onnx.partial-*")) and not out.exists()  # what kill -9 leaves
+    assert cli("deploy", trained["run"], "--out", out).returncode == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
 
 
 def test_a_file_size_limit_in_deploy_writes_nothing(trained, tmp_path):
