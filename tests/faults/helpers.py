@@ -40,8 +40,11 @@ def assert_clean(result, code: int, *names) -> str:
 
 
 def temp_files(folder: Path) -> list[Path]:
-    """Leftovers of half-done writes: *.tmp files and hidden .partial- folders."""
-    return [p for p in Path(folder).rglob("*") if p.name.endswith(".tmp") or ".partial-" in p.name]
+    """Leftovers of half-done writes: *.tmp files, hidden .partial- folders, checkpoints
+    without their completion marker."""
+    paths = Path(folder).rglob("*")
+    return [p for p in paths if p.name.endswith(".tmp") or ".partial-" in p.name
+            or (p.suffix == ".npz" and not p.with_suffix(".done").is_file())]
 
 
 def weights(run: Path) -> dict[str, np.ndarray]:
