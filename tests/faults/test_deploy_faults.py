@@ -101,6 +101,15 @@ def test_a_file_size_limit_in_deploy_writes_nothing(trained, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_full_disk_in_deploy_writes_nothing(trained, tmp_path):
+    from faults.conftest import mounted_tmpfs
+
+    with mounted_tmpfs(tmp_path / "disk", "128k") as disk:
+        result = cli("deploy", trained["run"], "--out", disk / "model.onnx")
+        assert_clean(result, EXIT_DISK, disk, "disk is full", "nothing was written")
+        assert list(disk.iterdir()) == []
+
+
 def test_a_read_only_folder_in_deploy_writes_nothing(trained, tmp_path):
     from faults.conftest import mounted_tmpfs, remount
 
