@@ -76,7 +76,7 @@ class MetricsLog:
         return records
 
     def truncate_after(self, step: int) -> None:
-        kept = [r for r in self.read() if r["step"] <= step]
+        kept = [r for r in self.read() if r.get("step", 0) <= step]  # step-less records: run-wide
         atomic_write(self.path, "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in kept).encode())
 
 
@@ -86,7 +86,8 @@ def _parse(line: str) -> dict | None:
         record = json.loads(line)
     except json.JSONDecodeError:
         return None
-    ok = isinstance(record, dict) and isinstance(record.get("kind"), str) and isinstance(record.get("step"), int)
+    ok = isinstance(record, dict) and isinstance(record.get("kind"), str) \
+        and isinstance(record.get("step", 0), int)
     return record if ok else None
 
 
