@@ -5,6 +5,7 @@ It is written to a temporary file, fsynced, renamed into place, and only then ma
 complete by a small `.done` file that holds its SHA-256; the previous checkpoint is removed
 only after the new one is whole. Loading takes the newest checkpoint whose marker exists and
 whose hash matches, so a half-written or corrupted file falls back to the one before.
+A write that fails (disk full, size limit) removes its temporary and unmarked files.
 
 Between checkpoints the journal records each step's key and scalar results (a few bytes a
 step, fsynced), so a resumed run replays the steps after the checkpoint without forward
@@ -18,12 +19,13 @@ import hashlib
 import json
 import os
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from edge_zo.errors import UserError
+from edge_zo.errors import UserError, naming
 
 KEEP = 2  # checkpoints kept on disk: the newest and the one it replaced
 
@@ -37,14 +39,28 @@ class Checkpoint:
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` so that a kill leaves either the old or the new file."""
+    """Replace `path` with `data` so that a kill leaves either the old or the new file;
+    a failed write (disk full, size limit) removes its temporary file and leaves the old."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with _removed_on_failure(tmp), open(tmp, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
     _fsync_dir(path.parent)
+
+
+@contextmanager
+def _removed_on_failure(*paths: Path):
+    """On any failure remove `paths`; an OSError without a file name gets the first one's."""
+    try:
+        yield
+    except BaseException as err:
+        for path in paths:
+            path.unlink(missing_ok=True)
+        if isinstance(err, OSError) and not err.filename:
+            raise OSError(err.errno, err.strerror, str(paths[0])) from None
+        raise
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -70,18 +86,26 @@ def save(folder: str | Path, step: int, arrays: dict[str, np.ndarray], meta: dic
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"ckpt-{step:09d}.npz"
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        # np.savez of a dict keeps names and dtypes exactly; no pickles, so loading is safe.
-        np.savez(f, __meta__=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(folder)
-    atomic_write(path.with_suffix(".done"), _sha256(path).encode())
+    # A failed write leaves no .tmp and no unmarked file that could push a good one out.
+    with _removed_on_failure(tmp, path):
+        with open(tmp, "wb") as f:
+            # np.savez of a dict keeps names and dtypes exactly; no pickles, so loading is safe.
+            np.savez(f, __meta__=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(folder)
+        atomic_write(path.with_suffix(".done"), _sha256(path).encode())
     for old in sorted(folder.glob("ckpt-*.npz"))[:-KEEP]:
         old.with_suffix(".done").unlink(missing_ok=True)  # unmark first: never a marked stub
         old.unlink(missing_ok=True)
     return path
+
+
+def latest_step(folder: str | Path) -> int | None:
+    """The step of the newest checkpoint marked complete (not re-hashed), or None."""
+    marked = [p for p in Path(folder).glob("ckpt-*.npz") if p.with_suffix(".done").is_file()]
+    return int(max(marked).stem.split("-")[1]) if marked else None
 
 
 def load_latest(folder: str | Path) -> Checkpoint | None:
@@ -100,19 +124,26 @@ def load_latest(folder: str | Path) -> Checkpoint | None:
     return None
 
 
+def _is_entry(record) -> bool:
+    return (isinstance(record, dict) and isinstance(record.get("step"), int)
+            and isinstance(record.get("losses"), list))
+
+
 class Journal:
     """Append-only JSONL of completed steps; each line is fsynced before the step counts."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self._file = None
+        self._fd = None  # unbuffered: a failed write leaves nothing queued to fail again at exit
 
     def append(self, record: dict) -> None:
-        if self._file is None:
-            self._file = open(self.path, "a", encoding="utf-8")
-        self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        data = (json.dumps(record, separators=(",", ":")) + "\n").encode()
+        with naming(self.path):
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            while data:  # a short write (a signal, a nearly full disk) goes on where it stopped
+                data = data[os.write(self._fd, data):]
+            os.fsync(self._fd)
 
     def read(self, after_step: int = -1) -> list[dict]:
         """Records with step > after_step, in order; a torn final line is dropped."""
@@ -128,8 +159,11 @@ class Journal:
             except json.JSONDecodeError:
                 if number >= len(lines) - 1:  # the last line: the kill landed mid-write
                     break
-                raise UserError(f"{self.path}, line {number}: damaged journal entry; "
-                                "the run cannot be replayed past it") from None
+                record = None
+            if not _is_entry(record):
+                raise UserError(f"{self.path}, line {number}: damaged journal entry (or one added from "
+                                "elsewhere); the run cannot be replayed past it: remove that line and the "
+                                "ones after it, then resume (those steps are redone)")
             if record["step"] > after_step:
                 records.append(record)
         return records
@@ -141,6 +175,6 @@ class Journal:
         atomic_write(self.path, "".join(kept).encode())
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

@@ -15,7 +15,7 @@ import sys
 import warnings
 
 from edge_zo import __version__
-from edge_zo.errors import UserError
+from edge_zo.errors import EXIT_SIGINT, UserError
 
 # subcommand -> module; the order is the order `edge-zo --help` lists them in.
 COMMANDS = {
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         return err.exit_code
     except KeyboardInterrupt:
         print(f"edge-zo {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_SIGINT
 
 
 def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:

@@ -29,7 +29,8 @@ import numpy as np
 from edge_zo import checkpoint, loop, runconfig
 from edge_zo.bundle import BundleError, read_manifest
 from edge_zo.data import Example, load_tokenizer, make_batch
-from edge_zo.errors import UserError
+from edge_zo.errors import UserError, writes_to
+from edge_zo.leftovers import remove_stale_partials, staging_path
 from edge_zo.optim import optimizer_for
 from edge_zo.runtime import Runtime
 
@@ -77,17 +78,26 @@ def deploy(opts: DeployOptions) -> DeployReport:
     onnx = require_onnx()
     config = runconfig.load(Path(opts.run))
     manifest = read_manifest(config.bundle)
+    runconfig.check_bundle(Path(opts.run), config)  # the run's weights were trained on this model?
     if not manifest.inference_file:
         raise BundleError(f"{config.bundle} was exported before bundles carried inference.onnx; "
                           f"re-export it with this edge-zo (`edge-zo export ... --out "
                           f"{config.bundle} --force`: same model and targets) and deploy again")
     _check_out(opts.out)
+    remove_stale_partials(opts.out)  # staging folders of deploys killed before their rename
     runtime = Runtime(config.bundle, threads=config.threads or None)
     label = _load_trained(opts, runtime, config)
+    staging = staging_path(opts.out)
+    next_step = f"nothing was written to {opts.out}; free space (or lift the limit) or choose another --out"
+    with writes_to(str(staging), next_step):
+        return _write_checked(opts, config, manifest, runtime, label, staging)
+
+
+def _write_checked(opts: DeployOptions, config, manifest, runtime: Runtime, label: str, staging: Path):
+    """Merge, save into `staging`, check parity (and --only-if-better), then move into place."""
+    onnx = require_onnx()
     model = merged_model(onnx, Path(config.bundle) / manifest.inference_file, manifest,
                          runtime.export_weights(copy=False), opts.dtype)
-    staging = opts.out.parent / f".{opts.out.name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
         staged = staging / opts.out.name

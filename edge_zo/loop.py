@@ -7,10 +7,13 @@ seed and step), let the optimizer query the runtime's losses and update, journal
 losses (fsynced: from then on the step counts), log. Resuming loads the newest intact
 checkpoint and replays the journaled steps after it with their recorded losses instead of
 forward passes, so a run killed at any moment ends in the same weights, bit for bit.
+SIGINT / SIGTERM (edge_zo/stopping.py) and the memory guard stop before a step, after a
+checkpoint there. The command holds the run folder's lock (edge_zo/runfolder.py) throughout.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -24,14 +27,16 @@ from edge_zo.errors import UserError
 from edge_zo.data import Batch, load_choice, load_classification, load_text, load_tokenizer, make_batch
 from edge_zo.memory.guard import Budget, MemoryBudgetExceeded, MemoryGuard
 from edge_zo.metrics import Clock, MetricsLog, plot
-from edge_zo.optim import optimizer_for
+from edge_zo.optim import DivergedError, optimizer_for
 from edge_zo.rng import Key
 from edge_zo.runconfig import RunConfig
+from edge_zo.stopping import StopFlag, Stopped
 from edge_zo.templates import ChoiceTemplate, Template, explicit_words, fit_template
 from edge_zo.runtime import Runtime
 
 
-def finetune(config: RunConfig, run_dir: Path, resume: bool = False, budget: Budget | None = None) -> dict:
+def finetune(config: RunConfig, run_dir: Path, resume: bool = False, budget: Budget | None = None,
+             stop: StopFlag | None = None, changed: dict | None = None) -> dict:
     """Run (or resume) a fine-tuning job; returns the last evaluation record.
 
     `budget` (not part of the run's config: it does not change the math) arms the memory
@@ -39,17 +44,24 @@ def finetune(config: RunConfig, run_dir: Path, resume: bool = False, budget: Bud
     metrics.png is drawn once `train` has returned, so its session and buffers are freed:
     drawn beside them, matplotlib set the job's peak RSS (+30 MiB on MiniLM, 1.35x -> 1.17x
     plain inference; benchmarks/README.md section 3).
+
+    `stop` (edge_zo/stopping.py): a signal's flag, honoured before each step with a
+    checkpoint. `changed`: the keys `--resume` overrides (RESUME_KEYS); the run goes on
+    from its last checkpoint under them, and the journal's steps after it are redone.
     """
-    last = train(config, run_dir, resume, budget)
+    last = train(config, run_dir, resume, budget, stop or StopFlag(), changed or {})
     plot(MetricsLog(run_dir / "metrics.jsonl").read(), run_dir / "metrics.png")
     return last
 
 
-def train(config: RunConfig, run_dir: Path, resume: bool, budget: Budget | None) -> dict:
+def train(config: RunConfig, run_dir: Path, resume: bool, budget: Budget | None,
+          stop: StopFlag, changed: dict) -> dict:
     """The job without its plot: pieces, restore or replay, steps, evaluations, checkpoints."""
     # ---- the pieces: bundle, data, runtime, optimizer ---------------------------------
     run_dir.mkdir(parents=True, exist_ok=True)
     manifest = read_manifest(config.bundle)
+    if resume:  # the checkpoints' weights were trained on this model?
+        runconfig.check_bundle(run_dir, config, record=True)
     tokenizer = load_tokenizer(config.bundle, manifest)
     template = template_for(config, manifest)
     skipped: list = []  # datasets with skipped rows: announced once the run's folder is set up
@@ -92,7 +104,12 @@ def train(config: RunConfig, run_dir: Path, resume: bool, budget: Budget | None)
         metrics.write({**record, "step": 0, "train_s": clock.train_s})
         tqdm.write(f"linear probe: train accuracy {record['train_acc']:.3f} (cross-validated "
                    f"{record['cv_acc']:.3f}, l2 {record['l2']:g}) in {record['seconds']:.1f} s")
-    if resume:
+    if resume and changed:  # new values from the checkpoint on: its journaled steps are redone
+        journal.truncate_after(progress["step"] - 1)
+        runconfig.save(config, run_dir)  # after the truncation: never new values over old steps
+        metrics.truncate_after(progress["step"])
+        metrics.write({"kind": "resume", "step": progress["step"], "changed": changed})
+    elif resume:
         state = replay(journal, runtime, opt, state, root, progress)
         metrics.truncate_after(progress["step"])
 
@@ -113,11 +130,15 @@ def train(config: RunConfig, run_dir: Path, resume: bool, budget: Budget | None)
                desc="finetune", unit="step", dynamic_ncols=True, mininterval=1.0)
     for t in bar:
         batch = batches.at(t)
-        # ---- memory: fewer probe slots near the budget; at it, checkpoint and stop ----
-        # (after the batch is made, so that its tokenizing counts before the first step)
+        # ---- memory: fewer probe slots near the budget; at it (or on a stop signal),
+        # ---- checkpoint and stop (after the batch is made: its tokenizing counts too) --
         try:
             guard.check(t)
-        except MemoryBudgetExceeded:
+            if stop.signum:
+                raise Stopped(stop.signum, f"stopped by {stop.name} before step {t}; checkpoint written to "
+                                           f"{run_dir / 'checkpoints'}; continue with: edge-zo finetune "
+                                           f"--resume {run_dir}")
+        except (MemoryBudgetExceeded, Stopped):
             clock.tick()
             snapshot(run_dir / "checkpoints", t, runtime, state, progress, clock)
             bar.close()
@@ -125,7 +146,12 @@ def train(config: RunConfig, run_dir: Path, resume: bool, budget: Budget | None)
             raise
         # ---- one step: probes, update; the journal line makes it count ----------------
         runtime.set_batch(batch.input_ids, batch.attention_mask, batch.labels, batch.loss_mask)
-        state, info = opt.step(state, choice.oracle_for(runtime, batch), root.child("step", t))
+        try:
+            state, info = opt.step(state, choice.oracle_for(runtime, batch), root.child("step", t))
+        except DivergedError as err:
+            bar.close()
+            journal.close()
+            raise DivergedError(f"{err} {resume_advice(run_dir)}") from None
         journal.append({"step": t, "losses": info.losses.tolist()})
         progress["forward_passes"] += info.forward_passes
         clock.tick()
@@ -267,10 +293,21 @@ def snapshot(folder: Path, step: int, runtime: Runtime, state, progress: dict, c
 
 
 def load_snapshot(ckpt: checkpoint.Checkpoint, runtime: Runtime, config: RunConfig):
-    """Put a snapshot's weights into the runtime; return its optimizer state."""
+    """Put a snapshot's weights into the runtime; return its optimizer state, under the
+    run's optimizer config (which differs from the saved one after a `--resume` override)."""
     runtime.load_weights({k[2:]: v for k, v in ckpt.arrays.items() if k.startswith("W/")})
-    state_cls = optimizer_for(config.optimizer_config(runtime.manifest.rank)).state_cls
-    return state_cls.from_arrays({k[4:]: v for k, v in ckpt.arrays.items() if k.startswith("opt/")})
+    opt_config = config.optimizer_config(runtime.manifest.rank)
+    state = optimizer_for(opt_config).state_cls.from_arrays(
+        {k[4:]: v for k, v in ckpt.arrays.items() if k.startswith("opt/")})
+    return state if state.config == opt_config else dataclasses.replace(state, config=opt_config)
+
+
+def resume_advice(run_dir: Path) -> str:
+    """How to go on after a divergence, true whether or not a checkpoint exists."""
+    ckpt = checkpoint.latest_step(run_dir / "checkpoints")
+    where = f"the last checkpoint (step {ckpt})" if ckpt is not None else "step 0 (no checkpoint yet)"
+    return (f"Continue from {where} with a smaller value: edge-zo finetune --resume {run_dir} "
+            "optimizer.eta=SMALLER (docs/finetune.md, resuming)")
 
 
 def restore(run_dir: Path, runtime: Runtime, config: RunConfig, state, progress: dict):

@@ -9,9 +9,13 @@ excluding evaluation), so the timer keeps the two apart.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
+
+from edge_zo.checkpoint import atomic_write
+from edge_zo.errors import naming
 
 
 class Clock:
@@ -39,29 +43,52 @@ class Clock:
 
 
 class MetricsLog:
-    """Append-only JSONL; on resume, records past the resumed step are dropped first."""
+    """Append-only JSONL; on resume, records past the resumed step are dropped first.
+
+    A line that is not a record of ours (torn by a kill, or added from elsewhere) is
+    skipped with one warning, and dropped when the log is next rewritten.
+    """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self._warned = False
 
     def write(self, record: dict) -> None:
-        with open(self.path, "a", encoding="utf-8") as f:
+        with naming(self.path), open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record, separators=(",", ":")) + "\n")
 
     def read(self) -> list[dict]:
         if not self.path.is_file():
             return []
-        records = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # a torn last line from a kill
+        records, skipped = [], []
+        text = self.path.read_text(encoding="utf-8", errors="replace")
+        for number, line in enumerate(text.splitlines(), 1):
+            record = _parse(line)
+            if record is None:
+                skipped.append(number)
+            else:
+                records.append(record)
+        if skipped and not self._warned:
+            self._warned = True
+            print(f"warning: {self.path}: skipped {len(skipped)} line(s) that are not metrics records "
+                  f"(line {', '.join(map(str, skipped[:5]))}{' ...' if len(skipped) > 5 else ''})",
+                  file=sys.stderr)
         return records
 
     def truncate_after(self, step: int) -> None:
-        kept = [r for r in self.read() if r["step"] <= step]
-        self.path.write_text("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in kept))
+        kept = [r for r in self.read() if r.get("step", 0) <= step]  # step-less records: run-wide
+        atomic_write(self.path, "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in kept).encode())
+
+
+def _parse(line: str) -> dict | None:
+    """A metrics record, or None for a torn or foreign line."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    ok = isinstance(record, dict) and isinstance(record.get("kind"), str) \
+        and isinstance(record.get("step", 0), int)
+    return record if ok else None
 
 
 def plot(records: list[dict], out: str | Path) -> Path | None:
@@ -74,10 +101,11 @@ def plot(records: list[dict], out: str | Path) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    train = [r for r in records if r["kind"] == "train"]
-    evals = [r for r in records if r["kind"] == "eval"]
+    axes_keys = ("forward_passes", "train_s")
+    train = [r for r in records if r["kind"] == "train" and all(k in r for k in ("loss", *axes_keys))]
+    evals = [r for r in records if r["kind"] == "eval" and all(k in r for k in axes_keys)]
     fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex="col")
-    for col, x in enumerate(("forward_passes", "train_s")):
+    for col, x in enumerate(axes_keys):
         axes[0, col].plot([r[x] for r in train], [r["loss"] for r in train], lw=0.8)
         axes[0, col].set_ylabel("training loss")
         for split in sorted({k for r in evals for k in r if k.endswith("_acc")}):
@@ -88,6 +116,7 @@ def plot(records: list[dict], out: str | Path) -> Path | None:
         if evals:
             axes[1, col].legend()
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
+    with naming(out):
+        fig.savefig(out, dpi=100)
     plt.close(fig)
     return Path(out)

@@ -21,6 +21,8 @@ else:
     import tomli as tomllib
 
 from edge_zo import rng
+from edge_zo.bundle_hash import fingerprint
+from edge_zo.errors import UserError
 from edge_zo.checkpoint import atomic_write
 from edge_zo.optim import build_config
 from edge_zo.optim.base import ConfigError
@@ -154,17 +156,53 @@ def _flatten(table: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def save(config: RunConfig, run_dir: Path) -> None:
+    """config.json, with the noise stream and the bundle's fingerprint (edge_zo/bundle_hash.py;
+    none for a bundle that cannot be read: `finetune` has read it before it saves)."""
     values = {**dataclasses.asdict(config), "noise_stream": rng.STREAM_VERSION}
+    try:
+        values["bundle_fingerprint"] = fingerprint(config.bundle)
+    except (UserError, OSError):
+        pass
     atomic_write(run_dir / CONFIG_NAME, (json.dumps(values, indent=2) + "\n").encode())
+
+
+def _read(run_dir: Path) -> dict:
+    path = run_dir / CONFIG_NAME
+    if not path.is_file():
+        raise ConfigError(f"{path}: missing; is {run_dir} a run folder made by `edge-zo finetune`?")
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        values, problem = None, f"not valid JSON ({err})"
+    else:
+        problem = "not a run config (a JSON object)"
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: damaged, {problem}; the run cannot be continued from it: start a new "
+                          f"run with the same options (its checkpoints in {run_dir / 'checkpoints'} stay)")
+    return values
+
+
+def check_bundle(run_dir: Path, config: RunConfig, record: bool = False) -> None:
+    """Refuse when `config.bundle` holds another model than the run was trained on; a run
+    from before fingerprints gets one recorded when `record` (a resume holds the lock)."""
+    values = _read(run_dir)
+    recorded, now = values.get("bundle_fingerprint"), fingerprint(config.bundle)
+    if recorded is None:
+        if record:  # the saved values as they are, plus the fingerprint
+            atomic_write(run_dir / CONFIG_NAME, (json.dumps({**values, "bundle_fingerprint": now}, indent=2)
+                                                 + "\n").encode())
+        return
+    if recorded != now:
+        raise ConfigError(f"{config.bundle} now holds another model than {run_dir} was trained on (bundle "
+                          f"fingerprint {now}, recorded {recorded}); put the original bundle back in that "
+                          "folder, or start a new run on this one")
 
 
 def load(run_dir: Path, resuming: bool = False) -> RunConfig:
     """A run's config; `resuming` also insists the run draws the noise this edge-zo draws
     (evaluating or deploying its weights does not need that)."""
-    path = run_dir / CONFIG_NAME
-    if not path.is_file():
-        raise ConfigError(f"{path}: missing; is {run_dir} a run folder made by `edge-zo finetune`?")
-    values = json.loads(path.read_text())
+    values = _read(run_dir)
+    values.pop("bundle_fingerprint", None)
     # A run's random draws are only reproducible under the noise layout it started with.
     stream = values.pop("noise_stream", 1)
     if resuming and stream != rng.STREAM_VERSION:

@@ -356,8 +356,10 @@ class Runtime:
         """Replace W (a checkpoint's `export_weights`); shapes must match the bundle."""
         self._settle()
         for name, arr in weights.items():
-            if name not in self.W:
-                raise UserError(f"weights for {name!r}, which this bundle does not train")
+            if name not in self.W or tuple(np.shape(arr)) != tuple(self.W[name].shape):
+                raise UserError(f"{self.bundle_dir}: the weights for {name!r} do not fit this bundle's model "
+                                "(it now holds another model than they were trained on); use the bundle "
+                                "they were trained on")
             self.W[name].write(_shaped(f"W[{name}]", arr, self.W[name].shape, self.W[name].dtype))
 
 

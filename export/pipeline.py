@@ -16,6 +16,7 @@ import torch
 
 from edge_zo.bundle import TOKENIZER_NAME, Manifest, TrainedMatrix, tokenizer_sha256, write_manifest
 from edge_zo.errors import UserError
+from edge_zo.leftovers import remove_stale_partials, staging_path
 from export import checks, heads, models, vocab
 from export.graph import IR_FOR_OPSET, LiftedInput, append_weights, export_graph
 from export.heads import TrainingGraph
@@ -74,8 +75,8 @@ class Prepared:
 def export_bundle(opts: ExportOptions) -> Manifest:
     validate_options(opts)
     prep = prepare(opts)
-    staging = opts.out.parent / f".{opts.out.name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
+    remove_stale_partials(opts.out)  # staging folders of exports killed before their rename
+    staging = staging_path(opts.out)
     staging.mkdir(parents=True)
     try:
         manifest = write_bundle(prep, opts, staging)

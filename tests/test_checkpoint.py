@@ -101,6 +101,6 @@ def test_journal_replays_after_a_step_and_drops_a_torn_tail(tmp_path):
 
 def test_damage_inside_the_journal_is_an_error(tmp_path):
     path = tmp_path / "journal.jsonl"
-    path.write_text('{"step": 0}\nGARBAGE\n{"step": 2}\n')
+    path.write_text('{"step": 0, "losses": [1.0]}\nGARBAGE\n{"step": 2, "losses": [1.0]}\n')
     with pytest.raises(UserError, match="line 2: damaged journal entry"):
         Journal(path).read()

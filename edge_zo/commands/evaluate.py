@@ -44,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("no bundle: pass --bundle DIR or --run RUN")
     config = data_config(config, bundle, args)
     manifest = read_manifest(bundle)
+    if args.run:
+        runconfig.check_bundle(Path(args.run), config)  # its weights were trained on this model?
     template = loop.template_for(config, manifest)  # bad input stops before the model loads
     tokenizer = load_tokenizer(bundle, manifest)
     skipped: list = []

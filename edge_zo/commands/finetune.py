@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
-from edge_zo.errors import UserError
+from edge_zo.errors import EXIT_SIGINT, UserError, writes_to
 
 HELP = "fine-tune a bundle on local data (JSONL, CSV, TSV) with forward passes only"
 
@@ -30,7 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="TOML config file; options and key=value win over it")
     parser.add_argument("--out", metavar="RUN", help="run folder: config, journal, metrics, checkpoints")
     parser.add_argument("--resume", metavar="RUN", help="continue a run that stopped or was killed "
-                        "(with --profile / --memory-budget if it stopped at its budget)")
+                        "(with --profile / --memory-budget if it stopped at its budget; --steps, "
+                        "optimizer.eta=... may change: docs/finetune.md, resuming)")
     parser.add_argument("--profile", help="device profile (see `edge-zo profiles`) or .toml file: the job "
                         "is planned against its memory budget and refused if it cannot fit")
     parser.add_argument("--memory-budget", type=int, metavar="MiB",
@@ -43,27 +45,95 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "`edge-zo finetune --help` lists options, docs/finetune.md every key")
 
 
+# What `--resume RUN` may change (docs/finetune.md, resuming): the run goes on from its last
+# checkpoint under the new values (the journal's steps after it are redone).
+RESUME_KEYS = ("steps", "optimizer.eta", "optimizer.one_d_lr", "optimizer.eta_cov")
+
+
 def run(args: argparse.Namespace) -> int:
-    from edge_zo import loop, runconfig  # onnxruntime loads here, not for --help
+    from edge_zo import loop  # onnxruntime loads here, not for --help
+    from edge_zo.runfolder import RunFolder
+    from edge_zo.stopping import stop_on_signals
 
     if args.resume:
-        if args.out or args.config or args.overrides or any(getattr(args, k) is not None for k in OPTIONS):
-            raise UserError("--resume RUN continues a run with its saved config; give no other options "
-                            "(--profile and --memory-budget excepted)")
-        run_dir = Path(args.resume)
-        config = runconfig.load(run_dir, resuming=True)
+        folder, config = RunFolder.claim_existing(Path(args.resume)), None  # the lock before any read
     else:
         if not args.out:
             raise UserError("no run folder: pass --out RUN (or --resume RUN to continue one)")
-        run_dir = Path(args.out)
-        if (run_dir / runconfig.CONFIG_NAME).exists():
-            raise UserError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
-                            "or choose another --out")
-        config = runconfig.resolve(args.config, {k: getattr(args, k) for k in OPTIONS}, args.overrides)
-    budget = check_budget(config, args.profile, args.memory_budget, plan=not args.no_plan)
-    record = loop.finetune(config, run_dir, resume=bool(args.resume), budget=budget)
-    print(json.dumps({"run": str(run_dir), **record}))
+        config = _resolved_config(args)  # a bad option is refused before the folder is touched
+        folder, changed = RunFolder.claim_new(Path(args.out)), {}
+    try:
+        with stop_on_signals() as stop, writes_to(str(folder.path), lambda: _after_disk_fault(folder)):
+            if args.resume:
+                config, changed = _resumed_config(folder.path, args)
+            budget = check_budget(config, args.profile, args.memory_budget, plan=not args.no_plan)
+            record = loop.finetune(config, folder.path, resume=bool(args.resume), budget=budget,
+                                   stop=stop, changed=changed)
+    except KeyboardInterrupt:  # a second signal while the first was honoured: no checkpoint
+        folder.abandon()
+        if not folder.started():
+            raise
+        raise UserError(f"interrupted; {folder.path}'s journal keeps every completed step: continue with: "
+                        f"edge-zo finetune --resume {folder.path}", exit_code=EXIT_SIGINT) from None
+    except BaseException:
+        folder.abandon()
+        raise
+    folder.release()
+    print(json.dumps({"run": str(folder.path), **record}))
     return 0
+
+
+def _resolved_config(args: argparse.Namespace):
+    from edge_zo import runconfig
+
+    return runconfig.resolve(args.config, {k: getattr(args, k) for k in OPTIONS}, args.overrides)
+
+
+def _resumed_config(run_dir: Path, args: argparse.Namespace):
+    """The run's saved config with the `RESUME_KEYS` given; (config, {key: new value})."""
+    from edge_zo import runconfig
+    from edge_zo.optim.configs import parse_overrides
+
+    others = [k for k in OPTIONS if k != "steps" and getattr(args, k) is not None]
+    if args.out or args.config or others:
+        raise UserError(f"--resume RUN continues a run with its saved config; of the options only --steps, "
+                        f"--profile and --memory-budget apply (and key=value for {', '.join(RESUME_KEYS)})")
+    given = parse_overrides(args.overrides)
+    if args.steps is not None:
+        given["steps"] = str(args.steps)
+    refused = sorted(set(given) - set(RESUME_KEYS))
+    if refused:
+        raise UserError(f"--resume cannot change {refused[0]}: a run is a function of its config; only "
+                        f"{', '.join(RESUME_KEYS)} may change on resume (start a new run for others)")
+    config = runconfig.load(run_dir, resuming=True)
+    steps = config.steps
+    if "steps" in given:
+        try:
+            steps = int(given["steps"])
+        except ValueError:
+            raise UserError(f"steps={given['steps']!r}: expected a whole number") from None
+    optimizer = {**config.optimizer, **{k.split(".", 1)[1]: v for k, v in given.items() if "." in k}}
+    new = dataclasses.replace(config, steps=steps, optimizer=optimizer)
+    new.optimizer_config()  # a bad value is refused here, before anything loads
+    changed = {k: v for k, v in given.items() if str(_value(config, k)) != str(v)}
+    return new, changed
+
+
+def _value(config, key: str):
+    return config.optimizer.get(key.split(".", 1)[1]) if "." in key else getattr(config, key)
+
+
+def _after_disk_fault(folder) -> str:
+    """What to do after a failed write: resume once the run has recorded its config (its
+    last complete checkpoint is intact), else start it again."""
+    if folder.started():
+        from edge_zo.checkpoint import latest_step
+
+        step = latest_step(folder.path / "checkpoints")
+        kept = f"from its intact checkpoint of step {step}" if step is not None else "from its journal"
+        return (f"free space (or lift the limit), then continue with: edge-zo finetune --resume "
+                f"{folder.path} (it goes on {kept})")
+    return "free space (or lift the limit) and start the run again, or choose another --out"
 
 
 def check_budget(config, profile_name: str | None, budget_mib: int | None, plan: bool = True):

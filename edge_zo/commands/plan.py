@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from edge_zo.errors import UserError
+from edge_zo.errors import EXIT_DOES_NOT_FIT, EXIT_OK, UserError
 
 HELP = "predict a fine-tuning job's peak memory on a device and the largest shape that fits"
 
@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     data = planner.data_mib(args.data)
     plan = planner.make_plan(cal, manifest, shape, budget, _optimizer_mib(manifest, args.optimizer), data)
     print(json.dumps(plan.to_json(), indent=2) if args.json else plan.table())
-    return 0 if plan.fits else 1
+    return EXIT_OK if plan.fits else EXIT_DOES_NOT_FIT
 
 
 def _check_shape(shape, manifest) -> None:

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 import psutil
 
-from edge_zo.errors import UserError
+from edge_zo.errors import EXIT_MEMORY, UserError
 
-EXIT_CODE = 75  # EX_TEMPFAIL: retry with a bigger budget or a smaller shape
+EXIT_CODE = EXIT_MEMORY  # EX_TEMPFAIL: retry with a bigger budget or a smaller shape
 SOFT = 0.9  # fraction of the budget at which probe slots are lowered
 
 

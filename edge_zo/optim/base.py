@@ -26,7 +26,7 @@ from typing import Mapping, Protocol, Sequence
 
 import numpy as np
 
-from edge_zo.errors import UserError
+from edge_zo.errors import EXIT_DIVERGED, UserError
 from edge_zo.rng import Key
 
 Arrays = dict[str, np.ndarray]
@@ -40,7 +40,7 @@ class DivergedError(UserError):
     """The loss or the update stopped being finite: stop the run instead of writing NaN."""
 
     def __init__(self, message: str):
-        super().__init__(message, exit_code=3)
+        super().__init__(message, exit_code=EXIT_DIVERGED)
 
 
 # ----------------------------------------------------------------------------- probes
@@ -228,7 +228,7 @@ def state_bytes(state: State) -> int:
 # ------------------------------------------------------------------ shared small checks
 
 
-_FIX = "Lower eta (or one_d_lr) and resume from the last checkpoint."
+_FIX = "Lower eta (or one_d_lr)."  # the loop adds how to resume (edge_zo/loop.py)
 
 
 def guard(losses: np.ndarray, g: np.ndarray, state: State) -> float:

@@ -282,7 +282,7 @@ def step(state: LorenState, oracle, key: Key) -> tuple[LorenState, StepInfo]:
             M[n] = M_n
         if not (np.all(np.isfinite(delta)) and np.all(np.isfinite(a[n]))):
             raise DivergedError(f"step {t}: the update or the preconditioner of {n} is not finite; the run diverged. "
-                                "Lower eta (or eta_cov) and resume from the last checkpoint.")
+                                "Lower eta (or eta_cov).")
         # θ ← θ − η Σ_k M_k   (the K heavy-ball sub-steps)
         oracle.add({n: np.float32(-eta) * delta})
     new = dataclasses.replace(state, step=t + 1, a=a, M=M, loss0=loss0)

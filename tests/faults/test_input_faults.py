@@ -26,7 +26,7 @@ from edge_zo.memory.guard import Budget, MemoryGuard
 from edge_zo.templates import TEMPLATES, fit_template, user_template
 from runtime.fixtures import WORDS, build
 
-from .helpers import assert_clean, edge_zo, notes, records
+from faults.helpers import assert_clean, edge_zo, notes, records
 
 REVIEW = TEMPLATES["review"]
 ROWS = [("good film", "positive"), ("bad film", "negative")] * 5  # 10 rows

@@ -1,0 +1,58 @@
+"""SIGTERM and SIGINT stop a fine-tuning run cleanly, at the end of the current step.
+
+`docker stop`, systemd and power management send SIGTERM; Ctrl-C sends SIGINT. While a
+run trains, either one only sets a flag; the loop looks at it before each step, writes a
+checkpoint at that point and raises `Stopped`, which the CLI prints as one line saying how
+to resume, with exit code 128 + the signal's number (130 for SIGINT, 143 for SIGTERM). A
+second signal while the first is being honoured stops at once (KeyboardInterrupt); the
+journal still lets `--resume` continue from the last completed step.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from contextlib import contextmanager
+
+from edge_zo.errors import EXIT_SIGINT, EXIT_SIGTERM, UserError
+
+CODES = {signal.SIGINT: EXIT_SIGINT, signal.SIGTERM: EXIT_SIGTERM}
+
+
+class Stopped(UserError):
+    """The run stopped on a signal after writing a checkpoint."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message, exit_code=CODES[signum])
+        self.signum = signum
+
+
+class StopFlag:
+    """The first stop signal received, or None."""
+
+    def __init__(self):
+        self.signum: int | None = None
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum else ""
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt  # the second one: stop now
+        self.signum = signum
+
+
+@contextmanager
+def stop_on_signals():
+    """Within the block, SIGINT and SIGTERM set the returned flag instead of killing."""
+    flag = StopFlag()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag  # only the main thread may set handlers: a library caller's thread keeps its own
+        return
+    previous = {sig: signal.signal(sig, flag._handle) for sig in CODES}
+    try:
+        yield flag
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
