@@ -37,7 +37,7 @@ import common  # noqa: E402
 import quality_tasks  # noqa: E402
 
 BUDGETS = (500, 1000, 2000)  # forward passes at which the table reads a run's test score
-DEFAULT_SHOTS = {"sst2": 8, "rte": 4, "boolq": 2, "cb": 4, "copa": 8}
+DEFAULT_SHOTS = {"sst2": 8, "rte": 4, "boolq": 2, "cb": 4, "copa": 8, "wiki": 0}
 
 
 def parse(argv):
@@ -101,13 +101,15 @@ def bundle_for(args, task: quality_tasks.Task) -> Path:
     SmolLM2's label words per word set (a causal-lm bundle for multiple choice)."""
     from export.pipeline import ExportOptions, export_bundle
     model = common.model_arg(args)
-    causal = bool(task.choices)
+    causal = task.causal
     encoder = args.model == "minilm" and not args.tiny
     # MiniLM's linear head starts as the cosine to each label word's embedding (zero-shot)
     words = [w.strip().lower() for w in task.lm_words] if encoder else list(task.lm_words)
     if args.tiny:
         words = [" terrible", " great", " okay"][:len(task.labels)]
     key = "causal" if causal else "-".join(w.strip() for w in words)
+    if task.text and args.method == "icl":
+        raise SystemExit("icl needs labels or candidates; the wiki task scores text (use finetune or zero-shot)")
     # A language model's prompts grow with in-context demonstrations (an encoder's never do)
     seq = task.max_seq_len if encoder or args.tiny else max(task.max_seq_len, 512)
     graph = "fullrank" if any(item in ("preset=mezo", "preset=loren") for item in args.overrides) else "lowrank"
@@ -253,7 +255,7 @@ def _label(row: dict) -> str:
 def balanced(rows: list[dict], k: int, field: str) -> list[dict]:
     """k rows taking the labels in turn (the rows are already in the seed's random order)."""
     by_label: dict[str, list[dict]] = {}
-    for row in rows:
+    for row in rows if k else []:
         by_label.setdefault(_label(row), []).append(row)
     queues, picked = list(by_label.values()), []
     while len(picked) < k and any(queues):

@@ -8,7 +8,9 @@ split, test = SST-2's test.tsv (1000 of it) or RTE's validation (277). BoolQ: th
 rows cannot train anything, so its 3270 validation rows are split: 1000 fixed test rows,
 then 1000 train / 500 dev per seed from the other 2270 and the 32. CB and COPA have only 32
 training rows: 24 train / 8 dev per seed, test = validation (56 and 100): their standard
-errors are large and say so.
+errors are large and say so. `wiki` is the personalization job: a user's own text, here the
+distinct Wikipedia paragraphs of BoolQ's validation rows (one domain, no labels): 200 fixed
+test paragraphs, then 300 train / 100 dev per seed; its score is held-out NLL per token.
 """
 
 from __future__ import annotations
@@ -31,6 +33,11 @@ class Task:
     separator: str = " "
     choices: tuple[str, ...] = ()  # multiple choice (COPA): the candidate fields
     max_seq_len: int = 256
+    text: bool = False  # causal-LM text (personalization): no labels, NLL per token
+
+    @property
+    def causal(self) -> bool:
+        return bool(self.choices) or self.text
 
 
 TASKS = {
@@ -44,6 +51,7 @@ TASKS = {
                'Suppose {premise} Can we infer that "{hypothesis}"? Yes, No, or Maybe?\n', ("Yes", "No", "Maybe"),
                separator=""),
     "copa": Task("copa", (), "", "", (), choices=("choice1", "choice2"), max_seq_len=64),
+    "wiki": Task("wiki", (), "", "", (), text=True),
 }
 
 
@@ -60,7 +68,9 @@ def _sst2(path: Path, header: bool) -> list[dict]:
 
 def split(task: str, seed: int, n_test: int = 1000) -> tuple[list[dict], list[dict], list[dict]]:
     """(train, dev, test) rows of `task` for a benchmark seed; test does not depend on the seed."""
-    folder = DATA / task
+    folder = DATA / ("boolq" if task == "wiki" else task)
+    if task == "wiki":
+        return _paragraphs(folder / "val.jsonl", seed)
     if task == "sst2":
         pool, test = _sst2(folder / "train.tsv", True), _sst2(folder / "test.tsv", False)
     elif task == "rte":
@@ -79,6 +89,15 @@ def split(task: str, seed: int, n_test: int = 1000) -> tuple[list[dict], list[di
     return sample[:n_train], sample[n_train:n_train + n_dev], test
 
 
+def _paragraphs(path: Path, seed: int) -> tuple[list[dict], list[dict], list[dict]]:
+    texts = sorted({row["passage"] for row in _jsonl(path)})
+    order = random.Random(0).sample(texts, len(texts))
+    test, pool = order[:200], order[200:]
+    sample = random.Random(seed).sample(pool, 400)
+    return ([{"text": t} for t in sample[:300]], [{"text": t} for t in sample[300:]],
+            [{"text": t} for t in test])
+
+
 def write_split(task: str, seed: int, folder: Path, n_test: int) -> dict[str, Path]:
     """train/dev/test JSONL files of one seed under `folder` (test shared by all seeds)."""
     train, dev, test = split(task, seed, n_test)
@@ -95,6 +114,8 @@ def write_split(task: str, seed: int, folder: Path, n_test: int) -> dict[str, Pa
 def template_keys(task: Task, encoder: bool) -> dict:
     """RunConfig keys that make the task's template for a model (a user template, so one
     bundle per label set serves every task with that many labels)."""
+    if task.text:
+        return {"text_field": "text"}
     if task.choices:
         return {"template": "copa"}
     return {"template_prompt": task.encoder_prompt if encoder else task.lm_prompt,
