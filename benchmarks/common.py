@@ -45,8 +45,8 @@ def add_common(p, batch: int | None = None, seq: int | None = None) -> None:
     p.add_argument("--seq", type=int, default=seq, help="tokens per row (default: per model)")
     p.add_argument("--threads", type=int, default=2, help="intra-op threads (onnxruntime and torch)")
     p.add_argument("--rank", type=int, default=8, help="r of the low-rank bundle")
-    p.add_argument("--head", default="auto", help="edge-zo export's --head (auto: MiniLM gets the linear head; "
-                   "label-embedding: MiniLM's head before 2026-11-23, no probe to fit)")
+    p.add_argument("--head", default="auto", help="edge-zo export's --head (auto: the linear head on MiniLM, and on SmolLM2 "
+                   "since 2026-12-05; label-words / label-embedding: the heads before, no probe to fit)")
     p.add_argument("--work", type=Path, default=WORK, help="where exports are kept between runs")
     p.add_argument("--results", type=Path, default=RESULTS, help="folder for the JSON / PNG results")
 

@@ -12,8 +12,8 @@ forward passes (the linear probe's forwards count in it), plus any `--set` keys:
 default row is what `edge-zo finetune` gives a user. Its dev set picks the best-dev
 snapshot (what `deploy` ships); the test set is scored beside dev at every evaluation and
 never used for a choice. The step-0 evaluation is the linear probe where the bundle has a
-linear head (MiniLM), else zero-shot. `icl` prompts with k demonstrations drawn from the
-same training rows. Splits are in quality_tasks.py. A cell's JSON goes to
+linear head (export's default for classification), else zero-shot. `icl` prompts with k
+demonstrations drawn from the same training rows. Splits are in quality_tasks.py. A cell's JSON goes to
 --results/quality/ and is reused unless --fresh; `--table` aggregates them: the mean over
 seeds with its standard error (std / sqrt(n)), and the paired gain of each finetune
 setting over the probe (or zero-shot) of the same seed.
@@ -46,7 +46,7 @@ def parse(argv):
     p.add_argument("--task", default="sst2", choices=list(quality_tasks.TASKS))
     p.add_argument("--method", default="finetune", choices=("finetune", "icl", "zero-shot"))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--budget", type=int, default=None, help="forward passes of a finetune job (default 2000; tiny 24)")
+    p.add_argument("--budget", type=int, default=None, help="forward passes of a finetune job (default 2000; tiny 96)")
     p.add_argument("--evals", type=int, default=4, help="dev + test evaluations per job besides step 0")
     p.add_argument("--test-examples", type=int, default=1000, help="test rows (the whole set when smaller)")
     p.add_argument("--shots", type=int, default=None, help="icl demonstrations (default per task)")
@@ -55,7 +55,7 @@ def parse(argv):
     p.add_argument("--fresh", action="store_true", help="rerun cells already in --results")
     p.add_argument("--table", action="store_true", help="print and write the table of every cell in --results")
     args = p.parse_args(argv)
-    args.budget = args.budget or (24 if args.tiny else 2000)
+    args.budget = args.budget or (96 if args.tiny else 2000)
     args.batch = args.batch or 16
     if args.tiny:
         args.test_examples, args.seeds = min(args.test_examples, 32), args.seeds[:2]
@@ -150,7 +150,11 @@ def finetune_cell(args, task, bundle: Path, files: dict, seed: int) -> dict:
     n_train = sum(1 for _ in open(files["train"]))
     config = run_config(args, task, bundle, files, seed, steps=1)
     per_step = forwards_per_step(config.optimizer_config(manifest.rank))
-    steps = max(1, (args.budget - (math.ceil(n_train / args.batch) if probe else 0)) // per_step)
+    probe_forwards = math.ceil(n_train / args.batch) if probe else 0
+    if args.budget < probe_forwards + per_step:
+        raise SystemExit(f"--budget {args.budget} leaves no step after the linear probe's {probe_forwards} "
+                         f"forwards (a step takes {per_step}); raise --budget or pass --set linear_probe=off")
+    steps = (args.budget - probe_forwards) // per_step
     config = run_config(args, task, bundle, files, seed, steps=steps, eval_every=max(1, steps // args.evals),
                         checkpoint_every=steps)
     run_dir = args.work / "quality-runs" / cell_path(args, seed).stem
@@ -292,7 +296,7 @@ def write_table(args) -> int:
             setting += f" (k={c['shots']})"
         groups.setdefault((c["model"], c["task"], setting), []).append(c)
     lines = ["| model | task | setting | test start (ZS or LP) | " + " | ".join(f"test @{b} fwd" for b in BUDGETS)
-             + " | best-dev snapshot | gain over start (paired) | s / 1000 fwd |", "|" + "---|" * (8 + len(BUDGETS))]
+             + " | best-dev snapshot | gain over start (paired) | s / 1000 fwd |", "|" + "---|" * (7 + len(BUDGETS))]
     for (model, task, setting), group in sorted(groups.items()):
         metric = group[0]["metric"]
         if group[0]["method"] != "finetune":

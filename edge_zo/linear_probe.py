@@ -127,9 +127,26 @@ def fit_head(runtime, examples, tokenizer, manifest, batch_size: int, seed: int)
     if hessian_mib > MAX_HESSIAN_MIB:
         raise UserError(f"a linear probe of {classes} classes x {X.shape[1]} features needs {hessian_mib:.0f} MiB "
                         f"for its Newton steps (limit {MAX_HESSIAN_MIB}); pass linear_probe=off")
+    # The head as exported scores like zero-shot (label words or label embeddings); its
+    # accuracy on the training set is an honest held-out estimate, since nothing was fitted.
+    H0 = runtime.export_weights()[head].astype(np.float64).reshape(classes, -1)
+    zero_shot_acc = float(np.mean(np.argmax(X @ H0.T, axis=1) == y))
     l2, cv_acc = choose_l2(X, y, classes, seed)
-    H = fit_logistic(X, y, classes, l2)
+    # A fit no better held out than the unfitted head (few rows, a strong zero-shot model)
+    # would throw the zero-shot knowledge away: keep the head as it was.
+    kept = "fit" if cv_acc > zero_shot_acc else "zero-shot"
+    H = fit_logistic(X, y, classes, l2) if kept == "fit" else H0
     runtime.load_weights({head: H.astype(runtime.matrices[head].dtype)})
     train_acc = float(np.mean(np.argmax(X @ H.T, axis=1) == y))
-    return {"kind": "linear_probe", "l2": l2, "cv_acc": cv_acc, "train_acc": train_acc,
+    return {"kind": "linear_probe", "kept": kept, "zero_shot_acc": zero_shot_acc, "l2": l2, "cv_acc": cv_acc,
+            "train_acc": train_acc,
             "examples": len(X), "forward_passes": forwards, "seconds": time.perf_counter() - start}
+
+
+def summary(record: dict) -> str:
+    """The one line `finetune` prints after the probe."""
+    if record["kept"] == "zero-shot":
+        return (f"linear probe: kept the zero-shot head (train accuracy {record['zero_shot_acc']:.3f}; a fit "
+                f"cross-validated {record['cv_acc']:.3f}, no better) in {record['seconds']:.1f} s")
+    return (f"linear probe: train accuracy {record['train_acc']:.3f} (cross-validated {record['cv_acc']:.3f}, "
+            f"l2 {record['l2']:g}; zero-shot head {record['zero_shot_acc']:.3f}) in {record['seconds']:.1f} s")

@@ -102,8 +102,7 @@ def train(config: RunConfig, run_dir: Path, resume: bool, budget: Budget | None,
         clock.tick()
         snapshot(run_dir / "checkpoints", 0, runtime, state, progress, clock)
         metrics.write({**record, "step": 0, "train_s": clock.train_s})
-        tqdm.write(f"linear probe: train accuracy {record['train_acc']:.3f} (cross-validated "
-                   f"{record['cv_acc']:.3f}, l2 {record['l2']:g}) in {record['seconds']:.1f} s")
+        tqdm.write(linear_probe.summary(record))
     if resume and changed:  # new values from the checkpoint on: its journaled steps are redone
         journal.truncate_after(progress["step"] - 1)
         runconfig.save(config, run_dir)  # after the truncation: never new values over old steps

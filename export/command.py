@@ -42,8 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
              "label-embedding, fitted by the linear probe of `finetune`; on a language model it reads "
              "the last token and starts as label words) or the fixed cosine "
              "similarity to each label word's embedding (label-embedding); or a "
-             "sequence-classification head (auto: the folder's classifier, else label words "
-             "on a language model, else linear on an encoder)")
+             "sequence-classification head (auto: the folder's classifier, else linear)")
     add("--graph", choices=["lowrank", "fullrank"], default="lowrank",
         help="lowrank: inputs W, A, D per matrix (ZO-MOPI, ZO-Muon, LOZO); fullrank: W only (MeZO, LOREN)")
     add("--force", action="store_true", help="replace --out if it exists (once the new bundle is complete)")

@@ -166,17 +166,15 @@ def _is_sequence_classifier(config) -> bool:
 
 
 def choose_head(source: Source, task: str, head: str) -> str:
-    """auto: causal-lm task -> causal-lm; classification -> the folder's own classifier,
-    label words on an LM, or a fresh classifier on an encoder (MiniLM)."""
+    """auto: causal-lm task -> causal-lm; classification -> the folder's own classifier
+    (pipeline.choose_head gives every other model the linear head)."""
     if task == "causal-lm":
         if not source.arch.causal:
             raise UserError(f"{source.model_type} has no language-model head, so --task "
                             f"causal-lm is impossible; use --task classification")
         return "causal-lm"
     if head == "auto":
-        if _is_sequence_classifier(source.config) or not source.arch.causal:
-            return "classifier"
-        return "label-words"
+        return "classifier"
     if head == "label-words" and not source.arch.causal:
         raise UserError(f"{source.model_type} has no language-model head to score label "
                         f"words with; use --head classifier")

@@ -90,7 +90,8 @@ def test_quality(dirs, shared_data):
     cell = run("quality.py", dirs, "--task", "sst2", "--seeds", "0")
     assert cell["method"] == "finetune" and cell["metric"] == "acc" and cell["test_rows"] == 32
     steps = [e["step"] for e in cell["evals"]]
-    assert steps[0] == 0 and steps[-1] == cell["steps"] and cell["evals"][-1]["forward_passes"] <= 24
+    assert steps[0] == 0 and steps[-1] == cell["steps"] > 1 and cell["evals"][-1]["forward_passes"] <= 96
+    assert cell["linear_probe"] and cell["probe_record"]["forward_passes"] == 63  # 1000 rows / 16: in the budget
     for e in cell["evals"]:
         assert 0 <= e["test_acc"] <= 1 and 0 <= e["eval_acc"] <= 1
     best = next(e for e in cell["evals"] if e["step"] == cell["best_dev_step"])

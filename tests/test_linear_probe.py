@@ -182,3 +182,23 @@ def test_a_probe_too_large_for_memory_stops_with_the_fix(root, monkeypatch):
     monkeypatch.setattr(linear_probe, "MAX_HESSIAN_MIB", 0.01)
     with pytest.raises(UserError, match="pass linear_probe=off"):
         linear_probe.fit_head(rt, examples, load_tokenizer(root / "bundle"), manifest, 4, 0)
+
+
+@pytest.mark.parametrize("zero_shot_right", [True, False])
+def test_a_fit_no_better_than_the_zero_shot_head_keeps_it(root, monkeypatch, zero_shot_right):
+    """The exported head scores zero-shot; the probe replaces it only when its fit's
+    cross-validated accuracy beats the zero-shot head's accuracy on the training set."""
+    rt, manifest = bound_runtime(root)
+    H0 = rt.export_weights()[HEAD].astype(np.float64)
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(size=(40, H0.shape[1] - 1)), np.ones((40, 1))], axis=1)
+    y = np.argmax(X @ H0.T, axis=1)  # what the zero-shot head answers
+    if not zero_shot_right:
+        y = (X[:, 0] > 0).astype(np.int64)  # an easy rule the zero-shot head does not know
+    monkeypatch.setattr(linear_probe, "collect_features", lambda *args: (X, y, 10))
+    record = linear_probe.fit_head(rt, [], None, manifest, 4, 0)
+    assert record["kept"] == ("zero-shot" if zero_shot_right else "fit")
+    after = rt.export_weights()[HEAD]
+    assert np.array_equal(after, H0.astype(after.dtype)) == zero_shot_right
+    assert record["zero_shot_acc"] == (1.0 if zero_shot_right else pytest.approx(np.mean(np.argmax(X @ H0.T, 1) == y)))
+    assert ("kept the zero-shot head" in linear_probe.summary(record)) == zero_shot_right

@@ -25,14 +25,14 @@ LABELS = ["--label-words", " terrible", " great"]
 # each), so five bundles cover every architecture, both tasks, both heads, both graphs,
 # fp16 and both opsets.
 BUNDLES = {
-    "llama-cls": ("llama", ["--task", "classification", *LABELS, "--rank", "4"]),
+    "llama-cls": ("llama", ["--task", "classification", *LABELS, "--head", "label-words", "--rank", "4"]),
     "gpt2-lm": ("gpt2", ["--task", "causal-lm", "--rank", "4"]),
     "opt-cls": ("opt", ["--task", "classification", "--rank", "2", "--opset", "18",
                         "--targets", "*decoder.layers.*", "score"]),
     "bert-cls": ("bert", ["--task", "classification", *LABELS, "--rank", "2",
                           "--targets", "*encoder.layer.*", "classifier"]),
     "gpt2-full16": ("gpt2", ["--task", "classification", *LABELS, "--graph", "fullrank",
-                             "--dtype", "fp16"]),
+                             "--dtype", "fp16", "--head", "label-words"]),
 }
 
 

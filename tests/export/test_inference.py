@@ -115,7 +115,7 @@ def test_label_embedding_head_with_random_A_D(embedding_bundle, tiny_folder):
     assert np.abs(scores[0] - run_inference(folder, manifest, batch)).max() > 1e-3  # A·D mattered
 
 
-def test_auto_head_is_linear_only_for_a_bare_encoder(tiny_folder):
+def test_auto_head_is_linear_unless_the_folder_has_a_classifier(tiny_folder):
     bert = models.resolve(str(tiny_folder("bert")))  # a BertForSequenceClassification folder
     assert pipeline.choose_head(bert, "classification", "auto") == "classifier"
     config = type(bert.config).from_dict({**bert.config.to_dict(), "architectures": ["BertModel"]})
@@ -124,9 +124,13 @@ def test_auto_head_is_linear_only_for_a_bare_encoder(tiny_folder):
     assert pipeline.choose_head(bare, "classification", "label-embedding") == "label-embedding"
     assert pipeline.choose_head(bare, "classification", "classifier") == "classifier"
     llama = models.resolve(str(tiny_folder("llama")))
-    assert pipeline.choose_head(llama, "classification", "auto") == "label-words"
+    assert pipeline.choose_head(llama, "classification", "auto") == "linear"
+    assert pipeline.choose_head(llama, "classification", "label-words") == "label-words"
+    assert pipeline.choose_head(llama, "causal-lm", "auto") == "causal-lm"
     with pytest.raises(UserError, match="use --head label-words"):
         pipeline.choose_head(llama, "classification", "label-embedding")
+    with pytest.raises(UserError, match="--task causal-lm"):
+        pipeline.choose_head(llama, "causal-lm", "linear")
 
 
 def test_bundle_tokenizer_leaves_padding_and_truncation_to_the_runtime(tmp_path, tiny_folder):

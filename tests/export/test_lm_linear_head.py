@@ -1,4 +1,4 @@
-"""`--head linear` on a language model: a trainable head on the last token's hidden state.
+"""`--head linear` on a language model (auto's choice): a trainable head on the last token.
 
 It must start where label words start (the same ranking of the labels on every text, so
 zero-shot accuracy is unchanged), give the linear probe features to fit, and deploy.
@@ -24,10 +24,11 @@ TEXTS = ["a great movie", "a terrible movie", "it was great fun", "it was terrib
 
 @pytest.fixture(scope="module")
 def bundles(tiny_folder, bundle, tmp_path_factory):
-    """(label-words bundle, linear bundle) of the same tiny Llama and label words."""
+    """(label-words bundle, linear bundle) of the same tiny Llama and label words; the
+    linear one by export's default head (auto is linear on a language model)."""
     out = tmp_path_factory.mktemp("lm-linear") / "linear"
     assert main(["export", str(tiny_folder("llama")), "--task", "classification", "--label-words", " terrible",
-                 " great", "--rank", "4", "--head", "linear", "--out", str(out)]) == 0
+                 " great", "--rank", "4", "--out", str(out)]) == 0
     return bundle("llama-cls")[0], out
 
 
