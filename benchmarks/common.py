@@ -106,6 +106,14 @@ class Plain:
         self.session.run(["scores"], self.feed)
 
 
+def forwards_per_step(opt_config) -> int:
+    """Forward passes one step of an optimizer config takes (its probe plan, or K / 2N)."""
+    from edge_zo.optim.estimate import probe_plan
+    if hasattr(opt_config, "estimator"):
+        return len(probe_plan(opt_config.estimator, opt_config.N))
+    return getattr(opt_config, "K", 2 * getattr(opt_config, "N", 1))
+
+
 def token_batch(batch: int, seq: int, classes: int, seed: int = 0):
     """Random tokens (ids 3..999, valid in every vocabulary here), full mask, labels."""
     import numpy as np

@@ -174,13 +174,6 @@ def write_data(args) -> tuple[Path, Path]:
     return folder / "train.jsonl", folder / "dev.jsonl"
 
 
-def forwards_per_step(config) -> int:
-    from edge_zo.optim.estimate import probe_plan
-    if hasattr(config, "estimator"):
-        return len(probe_plan(config.estimator, config.N))
-    return getattr(config, "K", 2 * getattr(config, "N", 1))
-
-
 def run(args, preset: str, eta: float, bundle: Path, train: Path, dev: Path) -> dict:
     from edge_zo.bundle import read_manifest
     from edge_zo import loop
@@ -197,7 +190,7 @@ def run(args, preset: str, eta: float, bundle: Path, train: Path, dev: Path) -> 
     keys = RunConfig(bundle=str(bundle), data=str(train), preset=preset).optimizer_config(rank).__dataclass_fields__
     extra = {k: v for k, v in extra.items() if k in keys}  # e.g. MeZO has no one_d: it trains the head anyway
     base = RunConfig(bundle=str(bundle), data=str(train), preset=preset, optimizer={"eta": eta, **extra})
-    steps = max(2, args.budget // forwards_per_step(base.optimizer_config(rank)))
+    steps = max(2, args.budget // common.forwards_per_step(base.optimizer_config(rank)))
     config = RunConfig(bundle=str(bundle), data=str(train), eval_data=str(dev), template=args.template,
                        preset=preset, optimizer={"eta": eta, **extra}, steps=steps, batch_size=args.batch,
                        eval_every=max(1, steps // args.evals), eval_examples=args.dev_examples,

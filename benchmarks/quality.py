@@ -149,7 +149,7 @@ def finetune_cell(args, task, bundle: Path, files: dict, seed: int) -> dict:
     probe = loop.wants_linear_probe(run_config(args, task, bundle, files, seed), manifest)
     n_train = sum(1 for _ in open(files["train"]))
     config = run_config(args, task, bundle, files, seed, steps=1)
-    per_step = forwards_per_step(config.optimizer_config(manifest.rank))
+    per_step = common.forwards_per_step(config.optimizer_config(manifest.rank))
     probe_forwards = math.ceil(n_train / args.batch) if probe else 0
     if args.budget < probe_forwards + per_step:
         raise SystemExit(f"--budget {args.budget} leaves no step after the linear probe's {probe_forwards} "
@@ -169,9 +169,9 @@ def finetune_cell(args, task, bundle: Path, files: dict, seed: int) -> dict:
     records = MetricsLog(run_dir / "metrics.jsonl").read()
     evals = [{k: r[k] for k in ("step", "forward_passes", "train_s", "eval_acc", "eval_loss", "test_acc", "test_loss")
               if k in r} for r in records if r["kind"] == "eval"]
-    metric = "acc" if "eval_acc" in evals[0] else "loss"
-    sign = 1 if metric == "acc" else -1
-    best = max(evals, key=lambda e: (sign * e[f"eval_{metric}"], -e["step"]))  # the loop keeps the first best
+    verdict = loop.dev_verdict(records, run_dir)  # the loop's own choice of the best-dev snapshot
+    metric = verdict["metric"].removeprefix("eval_")
+    best = next(e for e in evals if e["step"] == verdict["best_step"])
     start = evals[0][f"test_{metric}"]
     summary = {f"zero_shot_{metric}": zero_shot[f"test_{metric}"], f"start_{metric}": start,
                f"last_{metric}": evals[-1][f"test_{metric}"], f"best_dev_{metric}": best[f"test_{metric}"]}
@@ -179,13 +179,6 @@ def finetune_cell(args, task, bundle: Path, files: dict, seed: int) -> dict:
             "metric": metric, "test_rows": zero_shot["rows"], "evals": evals, "best_dev_step": best["step"],
             "diverged": diverged, "config": dataclasses.asdict(config), "summary": summary,
             "probe_record": next((r for r in records if r["kind"] == "linear_probe"), None)}
-
-
-def forwards_per_step(opt_config) -> int:
-    from edge_zo.optim.estimate import probe_plan
-    if hasattr(opt_config, "estimator"):
-        return len(probe_plan(opt_config.estimator, opt_config.N))
-    return getattr(opt_config, "K", 2 * getattr(opt_config, "N", 1))
 
 
 class scoring_test_too:

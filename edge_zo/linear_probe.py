@@ -139,8 +139,8 @@ def fit_head(runtime, examples, tokenizer, manifest, batch_size: int, seed: int)
     runtime.load_weights({head: H.astype(runtime.matrices[head].dtype)})
     train_acc = float(np.mean(np.argmax(X @ H.T, axis=1) == y))
     return {"kind": "linear_probe", "kept": kept, "zero_shot_acc": zero_shot_acc, "l2": l2, "cv_acc": cv_acc,
-            "train_acc": train_acc,
-            "examples": len(X), "forward_passes": forwards, "seconds": time.perf_counter() - start}
+            "train_acc": train_acc, "examples": len(X), "forward_passes": forwards,
+            "seconds": time.perf_counter() - start}
 
 
 def summary(record: dict) -> str:

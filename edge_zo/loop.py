@@ -170,7 +170,7 @@ def train(config: RunConfig, run_dir: Path, resume: bool, budget: Budget | None,
     journal.close()
     if evals:
         last = evaluate_and_keep_best(config.steps)  # the last iterate, beside the best-dev one
-        verdict = dev_verdict(MetricsLog(run_dir / "metrics.jsonl").read(), run_dir)
+        verdict = dev_verdict(metrics.read(), run_dir)
         metrics.write({"kind": "verdict", "step": config.steps, **verdict})
         tqdm.write(verdict["message"], file=sys.stderr)  # stdout ends in the JSON record
     return last
