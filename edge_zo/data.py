@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +45,7 @@ class Dataset:
     examples: list[Example]
     path: Path
     skipped: list[str] = field(default_factory=list)  # "line N: reason" of each skipped row
+    integer_labels: int = 0  # rows whose label was an integer read as the template's i-th label
     multiline: list[str] = field(default_factory=list)  # "lines N-M" of each CSV record over lines
 
     def skipped_report(self, role: str) -> str:
@@ -54,14 +56,34 @@ class Dataset:
 def load_classification(path: str | Path, template: Template, skip_bad: bool = False) -> Dataset:
     """Rows with the template's fields and a `label` field -> examples with a label index."""
     label_index = {label: i for i, label in enumerate(template.labels)}
+    counted = {"integer": 0}
 
     def convert(row: dict) -> Example:
         label = field_value(row, "label")
-        if label not in label_index:
-            raise ValueError(f"label {label!r} is not one of {list(template.labels)}")
-        return Example(fill(template, row), label_index[label])
+        if label in label_index:
+            return Example(fill(template, row), label_index[label])
+        if template.integer_labels and INTEGER.fullmatch(label.strip()):
+            index = integer_label(int(label), list(template.labels))
+            example = Example(fill(template, row), index)
+            counted["integer"] += 1
+            return example
+        raise ValueError(f"label {label!r} is not one of {list(template.labels)}")
 
-    return _load(path, convert, skip_bad)
+    dataset = _load(path, convert, skip_bad)
+    dataset.integer_labels = counted["integer"]
+    return dataset
+
+
+INTEGER = re.compile(r"[+-]?\d+")
+
+
+def integer_label(value: int, labels: list[str]) -> int:
+    """An integer label i (the Hugging Face convention) as the template's i-th label."""
+    if not 0 <= value < len(labels):
+        raise ValueError(f"label {value} is out of range: integer labels are read as the bundle's labels in "
+                         f"order, 0..{len(labels) - 1} = {labels}; fix the row, or name a template whose "
+                         "labels are these integers (template_labels=..., docs/data.md)")
+    return value
 
 
 def load_choice(path: str | Path, template: ChoiceTemplate, skip_bad: bool = False) -> Dataset:

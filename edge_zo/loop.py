@@ -65,9 +65,11 @@ def train(config: RunConfig, run_dir: Path, resume: bool, budget: Budget | None,
     tokenizer = load_tokenizer(config.bundle, manifest)
     template = template_for(config, manifest)
     skipped: list = []  # datasets with skipped rows: announced once the run's folder is set up
-    train = load_examples(config, config.data, manifest, template, lambda d: skipped.append(("training", d)))
+    said: set = set()  # integer labels: said once for both files
+    train = load_examples(config, config.data, manifest, template, lambda d: skipped.append(("training", d)),
+                          said)
     evals = load_examples(config, config.eval_data, manifest, template,
-                          lambda d: skipped.append(("eval", d))) if config.eval_data else []
+                          lambda d: skipped.append(("eval", d)), said) if config.eval_data else []
     evals = evals[:config.eval_examples] if config.eval_examples else evals
     runtime = Runtime(config.bundle, provider=config.provider, threads=config.threads or None,
                       **(budget.runtime_options() if budget else {}))
@@ -88,6 +90,7 @@ def train(config: RunConfig, run_dir: Path, resume: bool, budget: Budget | None,
     if resume:
         state, restored = restore(run_dir, runtime, config, state, progress)
     else:
+        config = runconfig.pin_template(config, manifest)  # the default template, named in config.json
         runconfig.save(config, run_dir)
     clock = Clock(progress["train_s"], progress["eval_s"])
     announce_start(run_dir, metrics, runtime, skipped, progress["step"])
@@ -209,9 +212,10 @@ def template_for(config: RunConfig, manifest) -> Template | ChoiceTemplate | Non
                         explicit_words(config.template_labels) if config.template_prompt else None)
 
 
-def load_examples(config: RunConfig, path: str, manifest, template, on_skipped=None) -> list:
+def load_examples(config: RunConfig, path: str, manifest, template, on_skipped=None, said=None) -> list:
     """The examples of a data file. Rows skipped under skip_bad go to `on_skipped(dataset)`,
-    by default said on the terminal (edge_zo/notices.py): never silently."""
+    by default said on the terminal (edge_zo/notices.py): never silently; so are integer
+    labels read as the bundle's (once per `said` set)."""
     if isinstance(template, ChoiceTemplate):
         dataset = load_choice(path, template, config.skip_bad)
     elif template is not None:
@@ -220,6 +224,8 @@ def load_examples(config: RunConfig, path: str, manifest, template, on_skipped=N
         dataset = load_text(path, config.text_field, config.prompt_field or None, config.skip_bad)
     if dataset.skipped or dataset.multiline:
         (on_skipped or (lambda d: notices.skipped_rows(d, "evaluation")))(dataset)
+    if dataset.integer_labels:
+        notices.integer_labels(dataset, manifest.label_words, said)
     return dataset.examples
 
 

@@ -1,7 +1,7 @@
 """Loud fallbacks: whatever edge-zo does instead of what was asked is said, once.
 
 A skipped data row, a CUDA session that runs on the CPU, the memory guard lowering the
-probe slots: each changes a run without stopping it, so a user who reads only the result
+probe slots, integer labels read as the bundle's labels: each changes a run without stopping it, so a user who reads only the result
 would not know (issue 15). `announce` prints one line on stderr and, inside a run, writes
 one record to RUN/metrics.jsonl (kind "notice", with the step it happened before).
 """
@@ -45,6 +45,20 @@ def skipped_rows(dataset, role: str, run_dir=None, metrics=None, step: int = 0) 
     announce(f"skip_bad: skipped {count} of {total} rows of the {role} data {dataset.path} ({where}; "
              f"the first, {dataset.skipped[0]})", metrics, what="skipped_rows", step=step, role=role,
              file=str(dataset.path), skipped=count, rows=total)
+
+
+def integer_labels(dataset, label_words: list[str], said: set | None = None) -> None:
+    """Rows labelled 0..N-1 (the Hugging Face convention) read as the bundle's labels in
+    order: said once a command (`said` holds what was said), naming the mapping."""
+    if not dataset.integer_labels:
+        return
+    words = [w.strip() for w in label_words]
+    message = (f"labels 0..{len(words) - 1} read as the bundle's labels [{', '.join(words)}] (label i = the "
+               "bundle's label word i; name a template to read them otherwise)")
+    if said is None or message not in said:
+        announce(message)
+    if said is not None:
+        said.add(message)
 
 
 def _append_once(path, report: str) -> bool:

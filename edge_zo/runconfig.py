@@ -27,7 +27,7 @@ from edge_zo.checkpoint import atomic_write
 from edge_zo.optim import build_config
 from edge_zo.optim.base import ConfigError
 from edge_zo.optim.configs import make_config, opt, parse_overrides, require
-from edge_zo.templates import TEMPLATES, user_template
+from edge_zo.templates import TEMPLATES, default_template_name, registry_help, user_template
 
 CONFIG_NAME = "config.json"
 
@@ -40,9 +40,10 @@ class RunConfig:
     bundle: str = opt("", "bundle folder written by `edge-zo export`")
     data: str = opt("", "training data: .jsonl, .csv or .tsv")
     eval_data: str = opt("", "held-out data scored every eval_every steps (empty: none)")
-    template: str = opt("", "prompt template: a built-in name (edge_zo.templates.TEMPLATES: sst2, rte, cb, boolq, "
-                        "copa, review, ...) or your own's name (template_prompt); empty: review for a "
-                        "classification bundle, plain text (text_field) for a causal-lm one")
+    template: str = opt("", f"prompt template: a built-in ({registry_help()}) or your own's name "
+                        "(template_prompt); empty: the bundle's default, review-plain (the bare text) for an "
+                        "encoder or classifier bundle, review for a language model's label words, plain text "
+                        "(text_field) for a causal-lm bundle; a new run records the one it used")
     template_prompt: str = opt("", "your own template: a pattern over the row's fields, e.g. "
                                "'Review: {text}\\nSentiment:' (newlines: write it in the --config file)")
     template_labels: tuple[str, ...] = opt((), "your own classification template: the label values in the order "
@@ -117,6 +118,15 @@ class RunConfig:
             if getattr(config, "k", 0) > bundle_rank and "k" not in values:
                 values["k"] = max(1, bundle_rank // 2)
         return build_config(self.preset, values)
+
+
+def pin_template(config: RunConfig, manifest) -> RunConfig:
+    """A new run's config with the template its bundle gets by default named, so that what
+    the run records (config.json) is what it read, whatever later defaults become."""
+    if config.template or config.template_prompt:
+        return config
+    name = default_template_name(manifest)
+    return dataclasses.replace(config, template=name) if name else config
 
 
 def resolve(file: str | None, options: dict[str, Any], overrides: list[str]) -> RunConfig:
@@ -210,4 +220,9 @@ def load(run_dir: Path, resuming: bool = False) -> RunConfig:
                           f"draws stream {rng.STREAM_VERSION}, so a resume would not repeat the run: "
                           "start a new run, or resume with the edge-zo version that started it")
     optimizer = values.pop("optimizer", {})
+    if not values.get("template") and not values.get("template_prompt"):
+        # Runs record their default template since issue 20 (pin_template); before, an empty
+        # one meant review for any classification bundle (and none on a causal-lm one, which
+        # fit_template still reads "review" as).
+        values["template"] = "review"
     return dataclasses.replace(make_config(RunConfig, values), optimizer=optimizer)

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from edge_zo.errors import UserError
+from edge_zo.templates import registry_help
 
 HELP = "score a bundle (or a run's trained weights) on labelled data"
 
@@ -23,8 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", metavar="FILE", required=True, help="labelled data: .jsonl, .csv or .tsv")
     parser.add_argument("--weights", choices=("best", "last"), default="best",
                         help="which of the run's weights: best on dev, or the last checkpoint")
-    parser.add_argument("--template", help="built-in prompt template, e.g. sst2, copa (default: the run's, "
-                        "else review for a classification bundle); your own: template_prompt=...")
+    parser.add_argument("--template", help=f"built-in prompt template: {registry_help()} (default: the run's, "
+                        "else the bundle's: review-plain for an encoder or classifier, review for a language "
+                        "model's label words); your own: template_prompt=...")
     parser.add_argument("--batch-size", type=int, default=16, help="examples per forward pass")
     parser.add_argument("--provider", choices=("cpu", "cuda"), default="cpu", help="execution provider")
     parser.add_argument("overrides", nargs="*", metavar="key=value",

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from edge_zo.errors import EXIT_SIGINT, UserError, writes_to
+from edge_zo.templates import registry_help
 
 HELP = "fine-tune a bundle on local data (JSONL, CSV, TSV) with forward passes only"
 
@@ -22,8 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--optimizer", "--preset", dest="preset", metavar="NAME",
                         help="optimizer or preset: zo-mopi, paper-code, zo-muon, lozo, lozo-m, mezo, loren "
                              "(default zo-mopi)")
-    parser.add_argument("--template", help="built-in prompt template: sst2, rte, cb, boolq, review, copa (multiple "
-                        "choice, causal-lm bundle); default review for classification; your own: template_prompt=...")
+    parser.add_argument("--template", help=f"built-in prompt template: {registry_help()}; default: the bundle's "
+                        "(review-plain, the bare text, for an encoder or classifier; review for a language "
+                        "model's label words); your own: template_prompt=...")
     parser.add_argument("--steps", type=int, help="optimizer steps (default 500)")
     parser.add_argument("--batch-size", type=int, help="examples per step (default 16)")
     parser.add_argument("--provider", choices=("cpu", "cuda"), help="execution provider (default cpu)")

@@ -83,20 +83,20 @@ def test_a_two_label_template_on_a_three_label_bundle_is_refused(tiny, tmp_path,
 
 
 @pytest.mark.parametrize("template, words, message", [
-    (None, ["a", "b", "c"], "'review (the default for a classification bundle)' has 2 labels"),
+    (None, ["a", "b", "c"], "'review-plain (the default for this bundle)' has 2 labels"),
     (TEMPLATES["cb"], ["bad", "good"], "has 3 labels"),
     (TEMPLATES["sst2"], [" great", " terrible"], "the same words in another order"),
     (REVIEW, ["positive", "negative"], "the same words in another order"),
     (user_template("{text}", ("good", "bad")), ["bad", "good"], "the same words in another order"),
 ])
 def test_no_template_maps_labels_wrongly(template, words, message):
-    bundle = SimpleNamespace(task="classification", label_words=words)
+    bundle = SimpleNamespace(task="classification", label_words=words, label_token_ids=[])
     with pytest.raises(UserError, match=re.escape(message)):
         fit_template(template, bundle, "t")
 
 
 def test_templates_that_fit_are_kept():
-    bundle = SimpleNamespace(task="classification", label_words=[" bad", " good"])
+    bundle = SimpleNamespace(task="classification", label_words=[" bad", " good"], label_token_ids=[3, 4])
     assert fit_template(None, bundle, "") is REVIEW  # same count, other words: label i is word i
     assert fit_template(TEMPLATES["sst2"], bundle, "sst2") is TEMPLATES["sst2"]
 
