@@ -1,7 +1,8 @@
 """The fine-tuning loop, top to bottom (DESIGN.md sections 6 and 7).
 
 A run folder holds config.json (the resolved config), journal.jsonl (each completed step's
-losses), metrics.jsonl, checkpoints/ (weights + optimizer state, atomically written) and
+losses), metrics.jsonl (mirrored by metrics.png and tensorboard/ event files: edge_zo/plot.py,
+edge_zo/events.py), checkpoints/ (weights + optimizer state, atomically written) and
 best/ (the best-dev snapshot). A step is: pick the step's minibatch (a pure function of
 seed and step), let the optimizer query the runtime's losses and update, journal the
 losses (fsynced: from then on the step counts), log. Resuming loads the newest intact
@@ -21,7 +22,7 @@ import numpy as np
 import psutil
 from tqdm import tqdm
 
-from edge_zo import checkpoint, choice, linear_probe, notices, runconfig
+from edge_zo import checkpoint, choice, events, linear_probe, notices, runconfig
 from edge_zo.bundle import read_manifest
 from edge_zo.errors import UserError
 from edge_zo.data import Batch, load_choice, load_classification, load_text, load_tokenizer, make_batch
@@ -50,7 +51,13 @@ def finetune(config: RunConfig, run_dir: Path, resume: bool = False, budget: Bud
     from its last checkpoint under them, and the journal's steps after it are redone.
     """
     last = train(config, run_dir, resume, budget, stop or StopFlag(), changed or {})
-    plot(MetricsLog(run_dir / "metrics.jsonl").read(), run_dir / "metrics.png")
+    drawn = plot(MetricsLog(run_dir / "metrics.jsonl").read(), run_dir / "metrics.png",
+                 f"{run_dir.name}: {config.preset} on {Path(config.bundle).name}")
+    missing = [what for what, there in (("no metrics.png: pip install 'edge-zo[plot]'", drawn),
+                                        ("no TensorBoard events: pip install 'edge-zo[tensorboard]'",
+                                         events.writer_class())) if not there]
+    if missing:  # said once, at the end: metrics.jsonl holds every record either way
+        notices.announce(f"{'; '.join(missing)} (metrics.jsonl holds every record)")
     return last
 
 
@@ -74,7 +81,8 @@ def train(config: RunConfig, run_dir: Path, resume: bool, budget: Budget | None,
     runtime = Runtime(config.bundle, provider=config.provider, threads=config.threads or None,
                       **(budget.runtime_options() if budget else {}))
     runtime.set_probe_slots(config.probe_slots)
-    metrics = MetricsLog(run_dir / "metrics.jsonl")
+    metrics = MetricsLog(run_dir / "metrics.jsonl")  # TensorBoard's events mirror it (edge_zo/events.py)
+    metrics.mirror = events.Events(run_dir, metrics.read())
     guard = MemoryGuard(budget, runtime, run_dir,
                         notify=lambda message, **record: notices.announce(message, metrics, **record))
     opt_config = config.optimizer_config(manifest.rank)
@@ -176,6 +184,7 @@ def train(config: RunConfig, run_dir: Path, resume: bool, budget: Budget | None,
         verdict = dev_verdict(metrics.read(), run_dir)
         metrics.write({"kind": "verdict", "step": config.steps, **verdict})
         tqdm.write(verdict["message"], file=sys.stderr)  # stdout ends in the JSON record
+    metrics.mirror.close()
     return last
 
 

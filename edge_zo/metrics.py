@@ -1,7 +1,9 @@
-"""Metrics of a run: JSONL records, a two-clock timer, progress on the terminal, plots.
+"""Metrics of a run: JSONL records and a two-clock timer (the plot: edge_zo/plot.py).
 
 Every record is one JSON line in `RUN/metrics.jsonl` (kind "train" or "eval"), carrying the
-step, forward passes so far and the training clock. The training clock excludes evaluation
+step, forward passes so far and the training clock. The JSONL is the source of truth; a
+`mirror` (edge_zo/events.py: TensorBoard event files) gets every record written and is
+rewritten whenever the log is cut back to a step. The training clock excludes evaluation
 (DESIGN.md section 7: budgets are compared in forward passes and in wall-clock time
 excluding evaluation), so the timer keeps the two apart.
 """
@@ -16,6 +18,7 @@ from pathlib import Path
 
 from edge_zo.checkpoint import atomic_write
 from edge_zo.errors import naming
+from edge_zo.plot import plot  # noqa: F401  (defined here before edge_zo/plot.py: callers import it from here)
 
 
 class Clock:
@@ -49,13 +52,16 @@ class MetricsLog:
     skipped with one warning, and dropped when the log is next rewritten.
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, mirror=None):
         self.path = Path(path)
         self._warned = False
+        self.mirror = mirror  # write(record), rewrite(records), close(): edge_zo/events.Events
 
     def write(self, record: dict) -> None:
         with naming(self.path), open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record, separators=(",", ":")) + "\n")
+        if self.mirror is not None:
+            self.mirror.write(record)
 
     def read(self) -> list[dict]:
         if not self.path.is_file():
@@ -78,6 +84,8 @@ class MetricsLog:
     def truncate_after(self, step: int) -> None:
         kept = [r for r in self.read() if r.get("step", 0) <= step]  # step-less records: run-wide
         atomic_write(self.path, "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in kept).encode())
+        if self.mirror is not None:  # never a step twice in TensorBoard: the events follow the JSONL
+            self.mirror.rewrite(kept)
 
 
 def _parse(line: str) -> dict | None:
@@ -89,34 +97,3 @@ def _parse(line: str) -> dict | None:
     ok = isinstance(record, dict) and isinstance(record.get("kind"), str) \
         and isinstance(record.get("step", 0), int)
     return record if ok else None
-
-
-def plot(records: list[dict], out: str | Path) -> Path | None:
-    """Loss and accuracy against forward passes and against training time, as one PNG.
-    Returns None when matplotlib is not installed (it is optional on a device)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    axes_keys = ("forward_passes", "train_s")
-    train = [r for r in records if r["kind"] == "train" and all(k in r for k in ("loss", *axes_keys))]
-    evals = [r for r in records if r["kind"] == "eval" and all(k in r for k in axes_keys)]
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex="col")
-    for col, x in enumerate(axes_keys):
-        axes[0, col].plot([r[x] for r in train], [r["loss"] for r in train], lw=0.8)
-        axes[0, col].set_ylabel("training loss")
-        for split in sorted({k for r in evals for k in r if k.endswith("_acc")}):
-            pts = [(r[x], r[split]) for r in evals if split in r]
-            axes[1, col].plot(*zip(*pts), marker="o", label=split.removesuffix("_acc"))
-        axes[1, col].set_ylabel("accuracy")
-        axes[1, col].set_xlabel({"forward_passes": "forward passes", "train_s": "training time (s)"}[x])
-        if evals:
-            axes[1, col].legend()
-    fig.tight_layout()
-    with naming(out):
-        fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return Path(out)
