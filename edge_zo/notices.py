@@ -1,8 +1,8 @@
 """Loud fallbacks: whatever edge-zo does instead of what was asked is said, once.
 
 A skipped data row, a CUDA session that runs on the CPU, the memory guard lowering the
-probe slots, integer labels read as the bundle's labels: each changes a run without stopping it, so a user who reads only the result
-would not know (issue 15). `announce` prints one line on stderr and, inside a run, writes
+probe slots, integer labels read as the bundle's labels (issue 20): each changes a run
+without stopping it, so a user who reads only the result would not know (issue 15). `announce` prints one line on stderr and, inside a run, writes
 one record to RUN/metrics.jsonl (kind "notice", with the step it happened before).
 """
 

@@ -40,8 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--memory-budget", type=int, metavar="MiB",
                         help="memory budget in MiB (overrides the profile's); a guard keeps the job inside it")
     parser.add_argument("--no-plan", action="store_true",
-                        help="with a budget: skip the up-front plan (a few seconds of calibration); the guard "
-                             "still holds the budget")
+                        help="with a budget: skip the up-front plan (four calibration children, seconds to minutes "
+                             "on a first plan, then cached); the guard still holds the budget")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="config overrides, e.g. steps=2000 eval_every=50 optimizer.eta=1e-3; "
                              "`edge-zo finetune --help` lists options, docs/finetune.md every key")

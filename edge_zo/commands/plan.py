@@ -45,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     _check_shape(shape, manifest)
     budget = args.memory_budget if args.memory_budget is not None else profile.budget_mib
     provider = profile.execution_provider if profile else "cpu"
-    cal = planner.calibrate(args.bundle, shape, provider, profile.threads if profile else None)
+    cal = planner.calibrate(args.bundle, shape, provider, profile.threads if profile else None,
+                            profile=profile)
     data = planner.data_mib(args.data)
     plan = planner.make_plan(cal, manifest, shape, budget, _optimizer_mib(manifest, args.optimizer), data)
     print(json.dumps(plan.to_json(), indent=2) if args.json else plan.table())

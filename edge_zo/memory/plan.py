@@ -27,8 +27,10 @@ examples peaks at up to ~4x their files' bytes (DATA_FACTOR); a batch's tokens s
 B x max_seq_len however long a text is (edge_zo/data.encode_tail).
 
 Calibrations are cached under $XDG_CACHE_HOME/edge-zo/plan (keyed by the bundle's files,
-onnxruntime's version, provider, threads, optimizer and shapes): a first plan costs a few
-seconds of child processes, the next one (and `finetune --profile` after `plan`) none.
+onnxruntime's version, provider, threads, optimizer and shapes): a first plan costs four
+child processes (MiniLM: 20-70 s on a 2-core CPU, a line said per pass), the next one (and
+`finetune --profile` after `plan`) none. The children are edge_zo/memory/child.py; what a
+plan made here means for a profile's device is edge_zo/memory/target.py.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -97,17 +100,21 @@ def calibration_shapes(job: Shape, max_slots: int) -> list[Shape]:
 
 
 def calibrate(bundle: str | Path, job: Shape, provider: str = "cpu", threads: int | None = None,
-              preset: str | None = None, optimizer: dict | None = None, use_cache: bool = True) -> Calibration:
+              preset: str | None = None, optimizer: dict | None = None, use_cache: bool = True,
+              profile=None) -> Calibration:
     """Measure the bundle near `job` (child processes), or read the measurement from the cache.
 
     `preset` and `optimizer` (overrides) pick the optimizer whose steps are measured; the
-    default is zo-mopi for a low-rank bundle, mezo for a full-rank one.
+    default is zo-mopi for a low-rank bundle, mezo for a full-rank one. With the `profile`
+    planned for, what a calibration on this host means for its device is said once
+    (edge_zo/memory/target.py); without one, only a CUDA request calibrated on the CPU.
     """
     from edge_zo.data import load_tokenizer
+    from edge_zo.memory import target
 
     manifest = read_manifest(bundle)
     load_tokenizer(bundle, manifest)  # a bad tokenizer.json: its one-line error here, not a child's traceback
-    _say_provider_fallback(provider)
+    target.say(provider, threads, profile, manifest)
     preset = preset or ("zo-mopi" if manifest.graph == "lowrank" else "mezo")
     shapes = calibration_shapes(job, manifest.probe_slots if manifest.graph == "lowrank" else 1)
     spec = {"bundle": str(bundle), "provider": provider, "threads": threads or 0, "preset": preset,
@@ -115,7 +122,8 @@ def calibrate(bundle: str | Path, job: Shape, provider: str = "cpu", threads: in
     path = _cache_path(Path(bundle), [json.dumps(spec, sort_keys=True), *(s.text for s in shapes)])
     if use_cache and path.is_file():
         return Calibration(**json.loads(path.read_text()))
-    points = [_measure({**spec, "shape": asdict(s), "plot": i == 0}) for i, s in enumerate(shapes)]
+    points = [_measure({**spec, "shape": asdict(s), "plot": i == 0}, i, len(shapes))
+              for i, s in enumerate(shapes)]
     first = points[0]
     cal = Calibration(libraries_mib=first["libraries"], model_mib=first["model"],
                       load_peak_mib=max(p["load_peak"] for p in points),
@@ -125,22 +133,18 @@ def calibrate(bundle: str | Path, job: Shape, provider: str = "cpu", threads: in
     return cal
 
 
-def _say_provider_fallback(provider: str) -> None:
-    """A CUDA profile planned where onnxruntime has no CUDA: the children measure the CPU,
-    which the plan's numbers must not hide (issue 15: every fallback said)."""
-    from edge_zo.notices import announce
-    from edge_zo.providers import place
-
-    reason = place(provider).fallback_reason
-    if reason:
-        announce(f"plan: {provider} requested but calibrating on the CPU ({reason}): the numbers are this "
-                 "machine's CPU, not the device's; plan on the device for them")
-
-
-def _measure(spec: dict) -> dict:
-    cmd = [sys.executable, "-m", "edge_zo.memory.plan", json.dumps(spec)]
+def _measure(spec: dict, index: int = 0, count: int = 1) -> dict:
+    """One calibration child; a line on the terminal per pass (a first plan takes tens of
+    seconds on a small CPU, see docs/plan.md; the cache makes the next one instant)."""
+    cmd = [sys.executable, "-m", "edge_zo.memory.child", json.dumps(spec)]
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}  # as `edge-zo` runs
+    if index == 0:
+        print(f"edge-zo: plan: calibrating in {count} child processes (cached for the next plan)", file=sys.stderr,
+              flush=True)
+    started = time.perf_counter()
     result = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    print(f"edge-zo: plan: calibration pass {index + 1}/{count} at {Shape(**spec['shape']).text}: "
+          f"{time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
     if result.returncode != 0:
         last = (result.stderr.strip().splitlines() or ["no output"])[-1]
         raise UserError(f"calibrating {spec['bundle']} at {Shape(**spec['shape']).text} failed "
@@ -341,77 +345,3 @@ def _largest(fits, hi: int) -> int:
         else:
             hi = mid - 1
     return best
-
-
-# ---- the calibration child: `python -m edge_zo.memory.plan SPEC_JSON` ---------------------
-
-def _status() -> dict[str, float]:
-    """VmRSS and VmHWM (peak) of this process, MiB. ru_maxrss would carry the parent's
-    peak across fork + exec; VmHWM starts fresh and can be reset (clear_refs)."""
-    with open("/proc/self/status") as f:
-        return {line.split(":")[0]: int(line.split()[1]) / 1024 for line in f
-                if line.startswith(("VmRSS", "VmHWM"))}
-
-
-def reset_peak() -> None:
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-
-
-def _child(spec: dict) -> dict:
-    import tempfile
-
-    import edge_zo.loop  # noqa: F401  everything a finetune job imports
-    import numpy as np
-
-    from edge_zo.data import load_tokenizer
-    from edge_zo.metrics import plot
-    from edge_zo.runtime import Runtime
-
-    bundle, shape = spec["bundle"], Shape(**spec["shape"])
-    P, B, T = shape.probe_slots, shape.batch, shape.seq_len
-    tokenizer = load_tokenizer(bundle)
-    libraries = _status()["VmRSS"]
-    reset_peak()
-    rt = Runtime(bundle, provider=spec["provider"], threads=spec["threads"] or None, probe_slots=P)
-    loaded = _status()
-    ids = np.random.default_rng(0).integers(0, tokenizer.get_vocab_size(), (B, T), dtype=np.int64)
-    rt.set_batch(ids, np.ones_like(ids), labels=np.zeros(B, np.int64), loss_mask=np.ones((B, T), np.float32))
-    before = _job_passes(rt, spec)
-    after = _status()
-    reset_peak()
-    with tempfile.TemporaryDirectory() as tmp:  # the job's last act: the metrics plot
-        if spec["plot"]:
-            plot([{"kind": "train", "step": i, "loss": 1.0, "forward_passes": i, "train_s": i}
-                  for i in range(50)], Path(tmp) / "metrics.png")
-    return {"P": P, "B": B, "T": T, "libraries": libraries, "model": loaded["VmRSS"] - libraries,
-            "load_peak": loaded["VmHWM"] - libraries, "activations": after["VmHWM"] - before,
-            "plot": _status()["VmHWM"] - after["VmRSS"]}
-
-
-def _job_passes(rt, spec: dict) -> float:
-    """What a job does at one shape, in its order: an evaluation (P = 1, scores), two
-    optimizer steps (probes in calls of P slots, a fold), an evaluation. Returns the RSS
-    just before. Why not one forward: with onnxruntime's memory patterns on, the second
-    run of a shape allocates its recorded pattern as one block beside the blocks the first
-    run left in the arena, so a job's activations are up to twice one forward's.
-    """
-    from edge_zo.optim import optimizer_for
-    from edge_zo.rng import Key
-    from edge_zo.runconfig import RunConfig
-
-    config = RunConfig(bundle=spec["bundle"], data="(calibration)", preset=spec["preset"],
-                       optimizer=spec["optimizer"]).optimizer_config(rt.manifest.rank)
-    opt, root = optimizer_for(config), Key.root(0)
-    state = opt.init(rt.shapes, config, root.child("init"))
-    reset_peak()
-    rss = _status()["VmRSS"]
-    rt.scores()
-    for t in range(2):
-        state, _ = opt.step(state, rt, root.child("step", t))
-    rt.scores()
-    return rss
-
-
-if __name__ == "__main__":
-    print(json.dumps(_child(json.loads(sys.argv[1]))))
