@@ -63,8 +63,7 @@ def load_classification(path: str | Path, template: Template, skip_bad: bool = F
         if label in label_index:
             return Example(fill(template, row), label_index[label])
         if template.integer_labels and INTEGER.fullmatch(label.strip()):
-            index = integer_label(int(label), list(template.labels))
-            example = Example(fill(template, row), index)
+            example = Example(fill(template, row), integer_label(int(label), list(template.labels)))
             counted["integer"] += 1
             return example
         raise ValueError(f"label {label!r} is not one of {list(template.labels)}")

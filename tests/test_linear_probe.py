@@ -24,6 +24,7 @@ from edge_zo.data import Example, load_tokenizer, make_batch  # noqa: E402
 from edge_zo.optim.base import LowRankProbe, NoiseProbe  # noqa: E402
 from edge_zo.rng import Key, tensor_noise  # noqa: E402
 from edge_zo.runtime import Runtime  # noqa: E402
+from edge_zo.templates import default_template_name  # noqa: E402
 
 pytestmark = pytest.mark.export
 
@@ -63,6 +64,7 @@ def test_manifest_and_graph_treat_the_head_as_dense(root):
     rt, manifest = bound_runtime(root)
     head = {m.name: m for m in manifest.matrices}[HEAD]
     assert head.dense and set(head.inputs) == {"W"} and head.shape == (2, 33)
+    assert default_template_name(manifest) == "review-plain"  # an encoder reads the bare text (issue 20)
     assert all(not m.dense and set(m.inputs) == {"W", "A", "D"} for m in manifest.matrices if m.name != HEAD)
     assert rt.shapes[HEAD] == (66,) and HEAD not in rt.A  # the optimizers' 1-D path
     features = rt.features()

@@ -40,14 +40,17 @@ def say(provider: str, threads: int | None, profile=None, manifest=None) -> None
 
 
 def _meaning(profile, used: str) -> str:
+    again = f"run `edge-zo plan --profile {profile.name}` on the device"
     if profile.execution_provider == "cuda" and used != "CUDAExecutionProvider":
         return ("the device's CUDA provider keeps activations in its own arena and loads the CUDA libraries, "
                 f"which a CPU run does not show{', in the same unified memory' if profile.unified_memory else ''}; "
-                f"read the figures as this host's, and run `edge-zo plan --profile {profile.name}` on the "
-                "device for its own")
+                f"read the figures as this host's, and {again} for its own")
+    if used == "CUDAExecutionProvider":
+        return (f"the same provider on this host's GPU, not the device's (its GPU, driver and onnxruntime build"
+                f"{', and a memory shared with its CPU' if profile.unified_memory else ''}); expect the device's "
+                f"figures near these, and {again} to be sure")
     return ("the same provider on another CPU and onnxruntime build: expect the device's figures within "
-            f"the plan's error (docs/plan.md), and run `edge-zo plan --profile {profile.name}` on the device "
-            "to be sure")
+            f"the plan's error (docs/plan.md), and {again} to be sure")
 
 
 def dtype_mismatch(profile, manifest) -> str:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from edge_zo.bundle import read_manifest
+from edge_zo.templates import default_template_name
 from edge_zo.cli import main
 from edge_zo.data import Example, load_tokenizer, make_batch
 from edge_zo.runtime import Runtime
@@ -46,6 +47,8 @@ def test_starts_with_the_label_words_ranking(bundles):
     manifest = read_manifest(linear)
     assert [m.name for m in manifest.matrices if m.dense] == ["linear_head.weight"]
     assert manifest.label_token_ids == read_manifest(words).label_token_ids  # the rows it starts from
+    # a language model's head reads the prompt by default (issue 20), like its label words
+    assert default_template_name(manifest) == default_template_name(read_manifest(words)) == "review"
     lw_scores, _ = scores_of(words, TEXTS)
     lin_scores, runtime = scores_of(linear, TEXTS)
     # Each text's label scores are the label-words logits times one positive number.

@@ -54,3 +54,15 @@ def test_plan_says_where_it_calibrated_once_and_each_pass(bundle):
     cpu = plan(bundle, "raspberry-pi-5-8gb")
     (host,) = lines(cpu, "calibrated on this host")
     assert "CPUExecutionProvider" in host and "same provider on another CPU" in host and not lines(cpu, "runs fp")
+
+
+@pytest.mark.parametrize("profile, used, says", [
+    ("jetson-orin-nano-8gb", "CPUExecutionProvider", "which a CPU run does not show, in the same unified memory"),
+    ("jetson-orin-nano-8gb", "CUDAExecutionProvider", "the same provider on this host's GPU, not the device's"),
+    ("raspberry-pi-5-8gb", "CPUExecutionProvider", "the same provider on another CPU"),
+])
+def test_what_a_calibration_here_means_for_the_device(profile, used, says):
+    from edge_zo.memory.target import _meaning
+
+    text = _meaning(load_profile(profile), used)
+    assert says in text and f"plan --profile {profile}` on the device" in text
