@@ -50,6 +50,7 @@ class DeployOptions:
     dtype: str = "fp32"  # fp32 | fp16 (initializers stored in fp16)
     weights: str = "best"  # best | last
     only_if_better: str | None = None  # held-out data to compare with the existing --out
+    bundle: str | None = None  # the run's bundle when it is not where the run recorded it
 
 
 @dataclass
@@ -76,9 +77,8 @@ def require_onnx():
 
 def deploy(opts: DeployOptions) -> DeployReport:
     onnx = require_onnx()
-    config = runconfig.load(Path(opts.run))
+    config = runconfig.load(Path(opts.run), bundle=opts.bundle)  # the model the run's weights were trained on
     manifest = read_manifest(config.bundle)
-    runconfig.check_bundle(Path(opts.run), config)  # the run's weights were trained on this model?
     if not manifest.inference_file:
         raise BundleError(f"{config.bundle} was exported before bundles carried inference.onnx; "
                           f"re-export it with this edge-zo (`edge-zo export ... --out "

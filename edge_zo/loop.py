@@ -68,7 +68,7 @@ def train(config: RunConfig, run_dir: Path, resume: bool, budget: Budget | None,
     run_dir.mkdir(parents=True, exist_ok=True)
     manifest = read_manifest(config.bundle)
     if resume:  # the checkpoints' weights were trained on this model?
-        runconfig.check_bundle(run_dir, config, record=True)
+        runconfig.record_fingerprint(run_dir, config)
     tokenizer = load_tokenizer(config.bundle, manifest)
     template = template_for(config, manifest)
     skipped: list = []  # datasets with skipped rows: announced once the run's folder is set up

@@ -20,10 +20,11 @@ if sys.version_info >= (3, 11):
 else:
     import tomli as tomllib
 
-from edge_zo import rng
+from edge_zo import rng, runpaths
+from edge_zo.bundle import read_manifest
 from edge_zo.bundle_hash import fingerprint
-from edge_zo.errors import UserError
 from edge_zo.checkpoint import atomic_write
+from edge_zo.errors import UserError
 from edge_zo.optim import build_config
 from edge_zo.optim.base import ConfigError
 from edge_zo.optim.configs import make_config, opt, parse_overrides, require
@@ -166,14 +167,15 @@ def _flatten(table: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def save(config: RunConfig, run_dir: Path) -> None:
-    """config.json, with the noise stream and the bundle's fingerprint (edge_zo/bundle_hash.py;
-    none for a bundle that cannot be read: `finetune` has read it before it saves)."""
+    """config.json: the config, the noise stream, and where its files are (absolute, from
+    the run folder, with the bundle's fingerprint and the data files' hashes:
+    edge_zo/runpaths.py), so the run folder can move."""
     values = {**dataclasses.asdict(config), "noise_stream": rng.STREAM_VERSION}
-    try:
-        values["bundle_fingerprint"] = fingerprint(config.bundle)
+    try:  # every optimizer value the run uses, typed, defaults included (for readers: `load` rebuilds it)
+        values["optimizer_resolved"] = dataclasses.asdict(config.optimizer_config(read_manifest(config.bundle).rank))
     except (UserError, OSError):
         pass
-    atomic_write(run_dir / CONFIG_NAME, (json.dumps(values, indent=2) + "\n").encode())
+    atomic_write(run_dir / CONFIG_NAME, (json.dumps(runpaths.record(values, run_dir), indent=2) + "\n").encode())
 
 
 def _read(run_dir: Path) -> dict:
@@ -192,27 +194,23 @@ def _read(run_dir: Path) -> dict:
     return values
 
 
-def check_bundle(run_dir: Path, config: RunConfig, record: bool = False) -> None:
-    """Refuse when `config.bundle` holds another model than the run was trained on; a run
-    from before fingerprints gets one recorded when `record` (a resume holds the lock)."""
+def record_fingerprint(run_dir: Path, config: RunConfig) -> None:
+    """A run from before fingerprints gets one recorded (a resume holds the lock); the
+    bundle itself was found by `load`."""
     values = _read(run_dir)
-    recorded, now = values.get("bundle_fingerprint"), fingerprint(config.bundle)
-    if recorded is None:
-        if record:  # the saved values as they are, plus the fingerprint
-            atomic_write(run_dir / CONFIG_NAME, (json.dumps({**values, "bundle_fingerprint": now}, indent=2)
-                                                 + "\n").encode())
-        return
-    if recorded != now:
-        raise ConfigError(f"{config.bundle} now holds another model than {run_dir} was trained on (bundle "
-                          f"fingerprint {now}, recorded {recorded}); put the original bundle back in that "
-                          "folder, or start a new run on this one")
+    if values.get("bundle_fingerprint") is None:
+        atomic_write(run_dir / CONFIG_NAME, (json.dumps({**values, "bundle_fingerprint": fingerprint(config.bundle)},
+                                                        indent=2) + "\n").encode())
 
 
-def load(run_dir: Path, resuming: bool = False) -> RunConfig:
-    """A run's config; `resuming` also insists the run draws the noise this edge-zo draws
+def load(run_dir: Path, resuming: bool = False, bundle: str | None = None, data: dict | None = None) -> RunConfig:
+    """A run's config, its bundle found (`bundle`: given now, checked) and, when
+    `resuming`, its data files too (`data`: {data, eval_data} given now, checked) by
+    edge_zo/runpaths.py; `resuming` also insists the run draws the noise this edge-zo draws
     (evaluating or deploying its weights does not need that)."""
-    values = _read(run_dir)
-    values.pop("bundle_fingerprint", None)
+    values = runpaths.locate(_read(run_dir), run_dir, bundle, data, need_data=resuming)
+    for key in ("bundle_fingerprint", "paths_from_run", "data_files", "optimizer_resolved"):
+        values.pop(key, None)
     # A run's random draws are only reproducible under the noise layout it started with.
     stream = values.pop("noise_stream", 1)
     if resuming and stream != rng.STREAM_VERSION:

@@ -12,6 +12,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", metavar="RUN", help="run folder written by `edge-zo finetune`")
     parser.add_argument("--out", metavar="FILE", required=True, type=Path,
                         help="output model file, e.g. model.onnx (its folder must exist)")
+    parser.add_argument("--bundle", metavar="DIR", help="the run's bundle, if it is no longer where the run "
+                        "recorded it nor beside the run (checked by its fingerprint)")
     parser.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32",
                         help="weight precision of the output (fp16: half the file, fp32 arithmetic)")
     parser.add_argument("--weights", choices=("best", "last"), default="best",
@@ -25,7 +27,8 @@ def run(args: argparse.Namespace) -> int:
     from edge_zo.deploy import DeployOptions, deploy
 
     report = deploy(DeployOptions(run=Path(args.run), out=args.out, dtype=args.dtype,
-                                  weights=args.weights, only_if_better=args.only_if_better))
+                                  weights=args.weights, only_if_better=args.only_if_better,
+                                  bundle=args.bundle))
     if report.new_score is not None:
         verdict = "replaced it" if report.replaced else f"kept {report.out} (the new model is not better)"
         print(f"on {args.only_if_better}: {report.metric} new {report.new_score:.4f}, "

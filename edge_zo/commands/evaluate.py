@@ -19,7 +19,8 @@ TEMPLATE_KEYS = DATA_KEYS[:5]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--bundle", metavar="DIR", help="bundle folder (default: the run's)")
+    parser.add_argument("--bundle", metavar="DIR", help="bundle folder (default: the run's, where it recorded "
+                        "it or beside it; with --run it must hold the run's model: checked by its fingerprint)")
     parser.add_argument("--run", metavar="RUN", help="run folder whose weights to score (default: the bundle's own)")
     parser.add_argument("--data", metavar="FILE", required=True, help="labelled data: .jsonl, .csv or .tsv")
     parser.add_argument("--weights", choices=("best", "last"), default="best",
@@ -40,14 +41,12 @@ def run(args: argparse.Namespace) -> int:
     from edge_zo.data import load_tokenizer
     from edge_zo.runtime import Runtime
 
-    config = runconfig.load(Path(args.run)) if args.run else None
-    bundle = args.bundle or (config.bundle if config else None)
+    config = runconfig.load(Path(args.run), bundle=args.bundle) if args.run else None  # its model, checked
+    bundle = config.bundle if config else args.bundle
     if not bundle:
         raise UserError("no bundle: pass --bundle DIR or --run RUN")
     config = data_config(config, bundle, args)
     manifest = read_manifest(bundle)
-    if args.run:
-        runconfig.check_bundle(Path(args.run), config)  # its weights were trained on this model?
     template = loop.template_for(config, manifest)  # bad input stops before the model loads
     tokenizer = load_tokenizer(bundle, manifest)
     skipped: list = []

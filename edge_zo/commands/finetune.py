@@ -17,7 +17,8 @@ OPTIONS = ("bundle", "data", "eval_data", "preset", "seed", "steps", "batch_size
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--bundle", metavar="DIR", help="bundle folder written by `edge-zo export`")
+    parser.add_argument("--bundle", metavar="DIR", help="bundle folder written by `edge-zo export` (with --resume: "
+                        "where the run's bundle is now, if it moved; checked by its fingerprint)")
     parser.add_argument("--data", metavar="FILE", help="training data: .jsonl, .csv or .tsv")
     parser.add_argument("--eval-data", metavar="FILE", help="held-out data scored at intervals")
     parser.add_argument("--optimizer", "--preset", dest="preset", metavar="NAME",
@@ -46,6 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="config overrides, e.g. steps=2000 eval_every=50 optimizer.eta=1e-3; "
                              "`edge-zo finetune --help` lists options, docs/finetune.md every key")
 
+
+# Where a moved run's files are now (edge_zo/runpaths.py): checked against what it recorded
+RESUME_PATHS = ("bundle", "data", "eval_data")
 
 # What `--resume RUN` may change (docs/finetune.md, resuming): the run goes on from its last
 # checkpoint under the new values (the journal's steps after it are redone).
@@ -96,10 +100,11 @@ def _resumed_config(run_dir: Path, args: argparse.Namespace):
     from edge_zo import runconfig
     from edge_zo.optim.configs import parse_overrides
 
-    others = [k for k in OPTIONS if k != "steps" and getattr(args, k) is not None]
+    others = [k for k in OPTIONS if k not in RESUME_PATHS + ("steps",) and getattr(args, k) is not None]
     if args.out or args.config or others:
         raise UserError(f"--resume RUN continues a run with its saved config; of the options only --steps, "
-                        f"--profile and --memory-budget apply (and key=value for {', '.join(RESUME_KEYS)})")
+                        f"--profile, --memory-budget and where its files now are (--bundle, --data, --eval-data) "
+                        f"apply (and key=value for {', '.join(RESUME_KEYS)})")
     given = parse_overrides(args.overrides)
     if args.steps is not None:
         given["steps"] = str(args.steps)
@@ -107,7 +112,9 @@ def _resumed_config(run_dir: Path, args: argparse.Namespace):
     if refused:
         raise UserError(f"--resume cannot change {refused[0]}: a run is a function of its config; only "
                         f"{', '.join(RESUME_KEYS)} may change on resume (start a new run for others)")
-    config = runconfig.load(run_dir, resuming=True)
+    # A moved run finds its files itself; given ones must be the ones it was trained on
+    config = runconfig.load(run_dir, resuming=True, bundle=args.bundle,
+                            data={"data": args.data, "eval_data": args.eval_data})
     steps = config.steps
     if "steps" in given:
         try:

@@ -138,3 +138,18 @@ def test_deploy_refuses_a_bundle_that_now_holds_another_model(trained, tmp_path)
     out = tmp_path / "model.onnx"
     assert_clean(cli("deploy", run, "--out", out), EXIT_BAD_INPUT, bundle, "another model")
     assert not out.exists() and temp_files(tmp_path) == []
+
+
+def test_a_moved_run_deploys_the_same_model(trained, tmp_path):
+    """Bundle and run moved together to another folder: deploy finds the bundle beside the
+    run (edge_zo/runpaths.py) and writes the same bytes as from the original place."""
+    here = tmp_path / "here"
+    here.mkdir()
+    shutil.copytree(trained["bundle"], here / "bundle")
+    shutil.copytree(trained["run"], here / "run")
+    config = json.loads((here / "run" / "config.json").read_text())  # as if trained here
+    (here / "run" / "config.json").write_text(json.dumps({**config, "bundle": str(here / "bundle")}))
+    assert_clean(cli("deploy", here / "run", "--out", tmp_path / "here.onnx"), 0)
+    here.rename(tmp_path / "there")
+    assert_clean(cli("deploy", tmp_path / "there" / "run", "--out", tmp_path / "there.onnx", cwd=tmp_path), 0)
+    assert (tmp_path / "there.onnx").read_bytes() == (tmp_path / "here.onnx").read_bytes()
