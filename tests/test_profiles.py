@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from edge_zo.errors import UserError
@@ -36,6 +38,31 @@ def test_builtin_profile_is_consistent(name):
     assert p.unified_memory == name.startswith("jetson")
     # Runtimes older than 1.17 cannot read opset-20 graphs (JetPack 5's wheels).
     assert (p.opset == 18) == (tuple(map(int, p.min_onnxruntime.split("."))) < (1, 17))
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split("."))
+
+
+@pytest.mark.parametrize("name", builtin_names())
+def test_builtin_profile_asks_for_software_edge_zo_runs_on(name):
+    """A profile's onnxruntime and any Python it names meet pyproject.toml's floors."""
+    import re
+    import sys
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:
+        import tomli as tomllib
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    ort_floor = next(d for d in project["dependencies"] if d.startswith("onnxruntime"))
+    python_floor = project["requires-python"].removeprefix(">=")
+    p = load_profile(name)
+    assert _version(p.min_onnxruntime) >= _version(ort_floor.split(">=")[1]), ort_floor
+    for named in re.findall(r"Python (?:>= )?(\d+\.\d+)", p.description):  # shipped ones must be said so
+        shipped = f"ships Python {named}" in p.description
+        assert shipped or _version(named) >= _version(python_floor), (p.description, python_floor)
+    if "ships Python" in p.description:
+        assert f"Python >= {python_floor}" in p.description, p.description
 
 
 def test_a_users_file_works_the_same_way(tmp_path):
