@@ -25,6 +25,7 @@ COMMANDS = {
     "finetune": "edge_zo.commands.finetune",
     "eval": "edge_zo.commands.evaluate",
     "deploy": "edge_zo.commands.deploy",
+    "predict": "edge_zo.commands.predict",
 }
 
 

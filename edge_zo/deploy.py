@@ -1,5 +1,11 @@
 """`edge-zo deploy`: a run's trained weights merged into a plain inference model.onnx.
 
+`--out DIR` (the usual form) writes a self-describing folder: model.onnx, the bundle's
+tokenizer.json, edge_zo_model.json and a model card (edge_zo/model_card.py), which
+`edge-zo predict` and `edge_zo.load(DIR)` read (edge_zo/predict.py). `--out FILE.onnx`
+writes the model alone. An existing model is replaced only with --force or when
+--only-if-better finds the new one better.
+
 Steps: load the run's best (or last) snapshot into a Runtime, fold the optimizer's pending
 update into W (`flush`), take W from the runtime, and write the bundle's inference.onnx
 (docs/export.md) with those W as initializers: no A/D inputs, no probe axis, loadable by
@@ -32,6 +38,7 @@ from edge_zo.data import Example, load_tokenizer, make_batch
 from edge_zo.errors import UserError, writes_to
 from edge_zo.leftovers import remove_stale_partials, staging_path
 from edge_zo.optim import optimizer_for
+from edge_zo.predict import DESCRIPTION_NAME, MODEL_NAME, TOKENIZER_NAME
 from edge_zo.runtime import Runtime
 
 # Allowed max |deployed - training graph| per score: absolute + relative * |score|.
@@ -50,6 +57,7 @@ class DeployOptions:
     dtype: str = "fp32"  # fp32 | fp16 (initializers stored in fp16)
     weights: str = "best"  # best | last
     only_if_better: str | None = None  # held-out data to compare with the existing --out
+    force: bool = False  # replace an existing model at --out
     bundle: str | None = None  # the run's bundle when it is not where the run recorded it
 
 
@@ -83,24 +91,38 @@ def deploy(opts: DeployOptions) -> DeployReport:
         raise BundleError(f"{config.bundle} was exported before bundles carried inference.onnx; "
                           f"re-export it with this edge-zo (`edge-zo export ... --out "
                           f"{config.bundle} --force`: same model and targets) and deploy again")
-    _check_out(opts.out)
+    _check_out(opts)
     remove_stale_partials(opts.out)  # staging folders of deploys killed before their rename
     runtime = Runtime(config.bundle, threads=config.threads or None)
-    label = _load_trained(opts, runtime, config)
+    label, step = _load_trained(opts, runtime, config)
     staging = staging_path(opts.out)
     next_step = f"nothing was written to {opts.out}; free space (or lift the limit) or choose another --out"
     with writes_to(str(staging), next_step):
-        return _write_checked(opts, config, manifest, runtime, label, staging)
+        report = _write_checked(opts, config, manifest, runtime, (label, step), staging)
+    if report.replaced and is_folder(opts.out):
+        report.out = opts.out / MODEL_NAME
+    return report
 
 
-def _write_checked(opts: DeployOptions, config, manifest, runtime: Runtime, label: str, staging: Path):
-    """Merge, save into `staging`, check parity (and --only-if-better), then move into place."""
+def is_folder(out: Path) -> bool:
+    """--out DIR (a self-describing folder) unless it names a .onnx file."""
+    return out.suffix != ".onnx"
+
+
+def model_path(out: Path) -> Path:
+    return out / MODEL_NAME if is_folder(out) else out
+
+
+def _write_checked(opts: DeployOptions, config, manifest, runtime: Runtime, snapshot: tuple, staging: Path):
+    """Merge, save into `staging`, check parity (and --only-if-better), then move into place.
+    `snapshot`: (which weights, e.g. "best (step 20)", and that step)."""
+    label = snapshot[0]
     onnx = require_onnx()
     model = merged_model(onnx, Path(config.bundle) / manifest.inference_file, manifest,
                          runtime.export_weights(copy=False), opts.dtype)
     staging.mkdir()
     try:
-        staged = staging / opts.out.name
+        staged = staging / model_path(opts.out).name
         size = save_model(onnx, model, staged)
         del model
         tokenizer = load_tokenizer(config.bundle)
@@ -108,9 +130,12 @@ def _write_checked(opts: DeployOptions, config, manifest, runtime: Runtime, labe
         tolerance = "fp16" if opts.dtype == "fp16" or manifest.matrices[0].dtype == "float16" else "fp32"
         diff = check_parity(staged, runtime, rows, tolerance)
         report = DeployReport(opts.out, label, size, diff, sum(len(b.labels) for b in rows), source)
-        if opts.only_if_better and opts.out.exists():
+        if opts.only_if_better and model_path(opts.out).exists():
             _compare(report, staged, opts, config, manifest, tokenizer)
-        if report.replaced:
+        if report.replaced and is_folder(opts.out):
+            _describe(staging, opts, config, manifest, snapshot)
+            _move_folder_into_place(staging, opts.out)
+        elif report.replaced:
             _move_into_place(staged, opts.out)
         return report
     finally:
@@ -119,16 +144,25 @@ def _write_checked(opts: DeployOptions, config, manifest, runtime: Runtime, labe
 
 # ---- inputs -----------------------------------------------------------------------------
 
-def _check_out(out: Path) -> None:
-    if not out.parent.is_dir():
+def _check_out(opts: DeployOptions) -> None:
+    out = opts.out
+    if is_folder(out):
+        if out.exists() and not out.is_dir():
+            raise UserError(f"--out {out} is a file; give a folder (or a name ending in .onnx for the model alone)")
+        out.parent.mkdir(parents=True, exist_ok=True)  # a new folder's parents, like `mkdir -p`
+    elif not out.parent.is_dir():
         raise UserError(f"--out {out}: folder {out.parent} does not exist; create it "
                         f"(mkdir -p {out.parent}) or choose another --out")
-    if out.is_dir():
+    elif out.is_dir():
         raise UserError(f"--out {out} is a folder; give a file name such as {out / 'model.onnx'}")
+    if model_path(out).exists() and not (opts.force or opts.only_if_better):
+        raise UserError(f"--out {out} already holds a deployed model; pass --force to replace it, or "
+                        "--only-if-better DATA to replace it only if the new one scores better")
 
 
-def _load_trained(opts: DeployOptions, runtime: Runtime, config) -> str:
-    """Put the chosen snapshot into `runtime` with its pending update folded into W."""
+def _load_trained(opts: DeployOptions, runtime: Runtime, config) -> tuple[str, int]:
+    """Put the chosen snapshot into `runtime` with its pending update folded into W; (which
+    weights, its step)."""
     folders = {"best": Path(opts.run) / "best", "last": Path(opts.run) / "checkpoints"}
     which = opts.weights
     ckpt = checkpoint.load_latest(folders[which])
@@ -141,7 +175,7 @@ def _load_trained(opts: DeployOptions, runtime: Runtime, config) -> str:
     state = loop.load_snapshot(ckpt, runtime, config)
     optimizer_for(config.optimizer_config(runtime.manifest.rank)).flush(state, runtime)
     note = "" if which == opts.weights else ", no best/ snapshot (no eval data)"
-    return f"{which} (step {ckpt.step}{note})"
+    return f"{which} (step {ckpt.step}{note})", ckpt.step
 
 
 # ---- the merged model -------------------------------------------------------------------
@@ -196,6 +230,26 @@ def save_model(onnx, model, path: Path) -> int:
 def _files(path: Path) -> list[Path]:
     data = path.with_name(path.name + ".data")
     return [path, data] if data.exists() else [path]
+
+
+def _describe(staging: Path, opts: DeployOptions, config, manifest, snapshot: tuple) -> None:
+    """tokenizer.json, edge_zo_model.json and README.md beside the staged model."""
+    import json
+    from edge_zo import model_card
+    shutil.copyfile(Path(config.bundle) / TOKENIZER_NAME, staging / TOKENIZER_NAME)
+    description = model_card.describe(opts.run, config, manifest, loop.template_for(config, manifest),
+                                      *snapshot, opts.dtype)
+    (staging / DESCRIPTION_NAME).write_text(json.dumps(description, indent=2) + "\n")
+    (staging / "README.md").write_text(model_card.model_card(description))
+
+
+def _move_folder_into_place(staging: Path, out: Path) -> None:
+    """Each staged file renamed into `out` (created): the model (data file first), then its
+    description, so a kill leaves the old model or the new one, never half of one."""
+    out.mkdir(exist_ok=True)
+    _move_into_place(staging / MODEL_NAME, out / MODEL_NAME)
+    for name in (TOKENIZER_NAME, "README.md", DESCRIPTION_NAME):
+        os.replace(staging / name, out / name)
 
 
 def _move_into_place(staged: Path, out: Path) -> None:

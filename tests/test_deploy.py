@@ -186,3 +186,68 @@ def test_a_bundle_without_inference_graph_asks_for_a_re_export(job, tmp_path, ca
     (run / "config.json").write_text(json.dumps({**config, "bundle": str(old)}))
     code, _, err = deploy_cli(capsys, run, "--out", tmp_path / "m.onnx")
     assert code == 2 and "re-export" in err and not (tmp_path / "m.onnx").exists()
+
+
+# ---- the self-describing folder and predict ---------------------------------------------
+
+PREDICT_IN_A_FRESH_PROCESS = """
+import json, sys
+import edge_zo
+model = edge_zo.load(sys.argv[1])
+texts = json.loads(sys.argv[2])
+print(json.dumps({"labels": model.predict(texts), "proba": model.predict_proba(texts).tolist(),
+                  "heavy": sorted(m for m in ("onnx", "torch") if m in sys.modules)}))
+"""
+
+
+def test_deploy_to_a_folder_describes_itself_and_predicts_as_the_run_scores(job, tmp_path, capsys):
+    out = tmp_path / "models" / "reviews"  # parents are created
+    code, _, err = deploy_cli(capsys, job / "run", "--out", out, "--weights", "last")
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "edge_zo_model.json", "model.onnx", "tokenizer.json"]
+    described = json.loads((out / "edge_zo_model.json").read_text())
+    manifest = read_manifest(job / "bundle")
+    assert described["task"] == "classification" and described["labels"] == ["negative", "positive"]
+    assert described["template"]["prompt"] == "{text}" and described["max_seq_len"] == manifest.max_seq_len
+    from edge_zo.bundle_hash import fingerprint
+    provenance = described["provenance"]
+    assert provenance["bundle_fingerprint"] == fingerprint(job / "bundle") and provenance["run"] == "run"
+    assert provenance["step"] == checkpoint.load_latest(job / "run" / "checkpoints").step == 6
+    assert provenance["dev"]["metric"] == "eval_acc" and "fine-tuned with edge-zo" in (out / "README.md").read_text()
+
+    texts = [t for t, _ in REVIEWS]
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-c", PREDICT_IN_A_FRESH_PROCESS, str(out), json.dumps(texts)],
+                          capture_output=True, text=True, check=True)
+    result = json.loads(done.stdout)
+    assert result["heavy"] == []  # onnxruntime, numpy and tokenizers only
+    want = training_graph_scores(job, eval_batch(job), "last")  # the run's own scores of its snapshot
+    assert result["labels"] == [["negative", "positive"][i] for i in np.argmax(want, axis=1)]
+    softmax = np.exp(want - want.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(result["proba"], softmax / softmax.sum(axis=1, keepdims=True), atol=1e-4)
+
+
+def test_a_deployed_folder_is_replaced_only_when_asked(job, tmp_path, capsys):
+    out = tmp_path / "model"
+    assert deploy_cli(capsys, job / "run", "--out", out)[0] == 0
+    before = (out / "model.onnx").read_bytes()
+    code, _, err = deploy_cli(capsys, job / "run", "--out", out, "--weights", "last")
+    assert code == 2 and "--force" in err and (out / "model.onnx").read_bytes() == before
+    assert deploy_cli(capsys, job / "run", "--out", out, "--weights", "last", "--force")[0] == 0
+    assert (out / "model.onnx").read_bytes() != before
+    assert json.loads((out / "edge_zo_model.json").read_text())["provenance"]["weights"].startswith("last")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no staging left
+
+
+def test_predict_writes_a_label_per_row_and_names_a_bad_line(job, tmp_path, capsys):
+    out = tmp_path / "model"
+    assert deploy_cli(capsys, job / "run", "--out", out)[0] == 0
+    data = write_jsonl(tmp_path / "rows.jsonl", [{"text": t} for t, _ in REVIEWS])
+    assert main(["predict", str(out), "--data", str(data), "--out", str(tmp_path / "p.jsonl")]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert len(rows) == len(REVIEWS) and all(r["label"] in ("negative", "positive") for r in rows)
+    assert all(abs(sum(r["probabilities"].values()) - 1) < 1e-4 for r in rows)
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"text": "fine"}, {"review": "no text field"}])
+    assert main(["predict", str(out), "--data", str(bad)]) == 2
+    assert "bad.jsonl, line 2" in capsys.readouterr().err

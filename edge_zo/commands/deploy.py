@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-HELP = "write a plain inference model.onnx with a run's trained weights merged in"
+HELP = "write a run's trained weights merged into a self-describing model folder (or a plain model.onnx)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", metavar="RUN", help="run folder written by `edge-zo finetune`")
-    parser.add_argument("--out", metavar="FILE", required=True, type=Path,
-                        help="output model file, e.g. model.onnx (its folder must exist)")
+    parser.add_argument("--out", metavar="DIR", required=True, type=Path,
+                        help="output folder (created): model.onnx, tokenizer.json, edge_zo_model.json and a "
+                             "model card, read by `edge-zo predict`; a name ending in .onnx writes the model alone "
+                             "(its folder must exist)")
+    parser.add_argument("--force", action="store_true", help="replace a model already at --out")
     parser.add_argument("--bundle", metavar="DIR", help="the run's bundle, if it is no longer where the run "
                         "recorded it nor beside the run (checked by its fingerprint)")
     parser.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32",
@@ -28,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
 
     report = deploy(DeployOptions(run=Path(args.run), out=args.out, dtype=args.dtype,
                                   weights=args.weights, only_if_better=args.only_if_better,
-                                  bundle=args.bundle))
+                                  bundle=args.bundle, force=args.force))
     if report.new_score is not None:
         verdict = "replaced it" if report.replaced else f"kept {report.out} (the new model is not better)"
         print(f"on {args.only_if_better}: {report.metric} new {report.new_score:.4f}, "
