@@ -27,6 +27,7 @@ from edge_zo.checkpoint import atomic_write
 from edge_zo.optim import build_config
 from edge_zo.optim.base import ConfigError
 from edge_zo.optim.configs import make_config, opt, parse_overrides, require
+from edge_zo.formats import FORMATS
 from edge_zo.templates import TEMPLATES, user_template
 
 CONFIG_NAME = "config.json"
@@ -52,6 +53,10 @@ class RunConfig:
     template_separator: str = opt(" ", "your own template: text between the prompt and a label word or candidate")
     text_field: str = opt("text", "causal-lm: the field whose tokens are scored")
     prompt_field: str = opt("", "causal-lm: a field prepended unscored (empty: score the whole text)")
+    data_format: str = opt("auto", "causal-lm rows: auto (read off the first row's fields) | text | chat (messages) | "
+                           "prompt-completion | alpaca (instruction, input, output); docs/data.md")
+    loss_on_prompt: bool = opt(False, "causal-lm chat / prompt-completion / alpaca: score the prompt's tokens too "
+                               "(default: only the response's)")
     skip_bad: bool = opt(False, "skip and count bad data rows instead of stopping at the first one")
     preset: str = opt("zo-mopi", "optimizer preset: zo-mopi, paper-code, zo-muon, lozo, lozo-m, mezo, loren, ...")
     optimizer: dict = field(default_factory=dict, metadata={"help": "optimizer.KEY=VALUE overrides"})
@@ -77,6 +82,7 @@ class RunConfig:
         require(self.provider in ("cpu", "cuda"), f"provider={self.provider!r} must be cpu or cuda")
         require(self.linear_probe in ("auto", "on", "off"),
                 f"linear_probe={self.linear_probe!r} must be auto, on or off")
+        require(self.data_format in FORMATS, f"data_format={self.data_format!r} must be one of {', '.join(FORMATS)}")
         self.prompt_template()  # a bad template stops the run here, before anything loads
 
     def prompt_template(self):
