@@ -216,4 +216,5 @@ def load(run_dir: Path, resuming: bool = False) -> RunConfig:
                           f"draws stream {rng.STREAM_VERSION}, so a resume would not repeat the run: "
                           "start a new run, or resume with the edge-zo version that started it")
     optimizer = values.pop("optimizer", {})
+    values.setdefault("data_format", "text")  # a run from before data formats read its rows as text
     return dataclasses.replace(make_config(RunConfig, values), optimizer=optimizer)

@@ -199,3 +199,15 @@ def test_a_bad_format_key_and_a_format_on_a_template_run_are_refused(lm, tmp_pat
     assert result.returncode != 0 and "data_format='sharegpt' must be one of auto, text, chat" in result.stderr
     result = cli("eval", "--bundle", str(lm.path), "--data", str(data), "--template", "copa", "data_format=chat")
     assert result.returncode != 0 and "drop data_format" in result.stderr
+
+
+def test_a_run_from_before_data_formats_resumes_reading_text(lm, tmp_path):
+    from edge_zo.runconfig import load, resolve, save
+    (tmp_path / "run").mkdir()
+    save(resolve(None, {"bundle": str(lm.path), "data": "d.jsonl"}, []), tmp_path / "run")
+    path = tmp_path / "run" / "config.json"
+    values = json.loads(path.read_text())
+    assert values["data_format"] == "auto"
+    del values["data_format"]  # as such a run's config.json is
+    path.write_text(json.dumps(values))
+    assert load(tmp_path / "run").data_format == "text"
