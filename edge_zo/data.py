@@ -23,6 +23,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from edge_zo.bundle import TOKENIZER_NAME, BundleError, read_manifest, tokenizer_sha256
+from edge_zo.formats import Pieces, RowFormat
 from edge_zo.readers import DataError, read_rows  # noqa: F401  (both were defined here: callers import them from data)
 from edge_zo.templates import ChoiceTemplate, Template, candidates, choice_prompt, field_value, fill
 
@@ -31,6 +32,7 @@ class Example:
     prompt: str
     label: int  # index into the template's labels; -1 for causal-LM text
     completion: str = ""  # causal-LM: the scored part; empty means the whole prompt is scored
+    pieces: Pieces = ()  # causal-LM formats (edge_zo/formats.py): (text, scored) in order; overrides the above
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class Dataset:
     skipped: list[str] = field(default_factory=list)  # "line N: reason" of each skipped row
     integer_labels: int = 0  # rows whose label was an integer read as the template's i-th label
     multiline: list[str] = field(default_factory=list)  # "lines N-M" of each CSV record over lines
+    note: str = ""  # causal-LM: which format was read and how (said once on the terminal)
 
     def skipped_report(self, role: str) -> str:
         """One line per skipped row, `ROLE: FILE, line N: reason` (RUN/skipped_rows.txt)."""
@@ -97,14 +100,14 @@ def load_choice(path: str | Path, template: ChoiceTemplate, skip_bad: bool = Fal
 
 
 def load_text(path: str | Path, text_field: str = "text", prompt_field: str | None = None,
-              skip_bad: bool = False) -> Dataset:
-    """Causal-LM rows: score all of `text_field`, or only it after `prompt_field`."""
-    def convert(row: dict) -> Example:
-        scored = field_value(row, text_field)
-        prompt = field_value(row, prompt_field) if prompt_field else ""
-        return Example(prompt, -1, scored) if prompt_field else Example(scored, -1)
-
-    return _load(path, convert, skip_bad)
+              skip_bad: bool = False, data_format: str = "auto", loss_on_prompt: bool = False) -> Dataset:
+    """Causal-LM rows in a format (edge_zo/formats.py): plain text (all of `text_field`, or
+    only it after `prompt_field`), chat, prompt/completion or Alpaca, chosen by `data_format`
+    or read off the first row; by default only the response's tokens are scored."""
+    fmt = RowFormat(data_format, text_field, prompt_field, loss_on_prompt)
+    dataset = _load(path, lambda row: Example("", -1, pieces=fmt.pieces(row)), skip_bad)
+    dataset.note = fmt.note(dataset.path)
+    return dataset
 
 
 def _load(path, convert, skip_bad: bool) -> Dataset:
@@ -208,25 +211,35 @@ def make_batch(examples: list[Example], tokenizer, max_seq_len: int, pad_id: int
     Multiple-choice examples become a row per candidate (`make_choice_batch`)."""
     if examples and isinstance(examples[0], ChoiceExample):
         return make_choice_batch(examples, tokenizer, max_seq_len, pad_id)
-    rows, scored = [], []
+    rows, flags = [], []
     for ex in examples:
-        prompt_ids = encode_tail(tokenizer, ex.prompt, max_seq_len) if ex.prompt else []
-        done_ids = encode_tail(tokenizer, ex.completion, max_seq_len, False) if ex.completion else []
-        ids = (prompt_ids + done_ids)[-max_seq_len:]
-        n_scored = min(len(done_ids), len(ids)) if ex.completion else len(ids)
-        rows.append(ids)
-        scored.append(n_scored)
+        ids, scored = [], []
+        for i, (text, is_scored) in enumerate(pieces(ex)):
+            # Special tokens (a BOS) only before the first piece; an empty prompt adds none.
+            piece = encode_tail(tokenizer, text, max_seq_len, i == 0) if text else []
+            ids += piece
+            scored += [is_scored] * len(piece)
+        rows.append(ids[-max_seq_len:])
+        flags.append(scored[-max_seq_len:])
     width = max(1, max(len(ids) for ids in rows))
     input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
     mask = np.zeros((len(rows), width), dtype=np.int64)
     loss_mask = np.zeros((len(rows), width), dtype=np.float32)
-    for i, (ids, n_scored) in enumerate(zip(rows, scored)):
+    for i, (ids, scored) in enumerate(zip(rows, flags)):
         input_ids[i, :len(ids)] = ids
         mask[i, :len(ids)] = 1
-        # The first token has no predecessor to be predicted from.
-        loss_mask[i, max(1, len(ids) - n_scored):len(ids)] = 1
+        loss_mask[i, :len(ids)] = scored
+        loss_mask[i, 0] = 0  # the first token has no predecessor to be predicted from
     labels = np.array([ex.label for ex in examples], dtype=np.int64)
     return Batch(input_ids, mask, labels, loss_mask)
+
+
+def pieces(ex: Example) -> Pieces:
+    """(text, scored) in order: a format's pieces, else the prompt (scored when alone) and
+    the completion."""
+    if ex.pieces:
+        return ex.pieces
+    return ((ex.prompt, False), (ex.completion, True)) if ex.completion else ((ex.prompt, True),)
 
 
 TAIL_CHARS = 16  # characters per token assumed when a long text is cut before tokenizing

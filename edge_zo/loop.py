@@ -225,12 +225,18 @@ def load_examples(config: RunConfig, path: str, manifest, template, on_skipped=N
     """The examples of a data file. Rows skipped under skip_bad go to `on_skipped(dataset)`,
     by default said on the terminal (edge_zo/notices.py): never silently; so are integer
     labels read as the bundle's (once per `said` set)."""
+    # ("text" too: what a run from before data formats records, whatever its task)
+    if template is not None and config.data_format not in ("auto", "text"):
+        raise UserError(f"data_format={config.data_format} reads causal-lm rows, but this run uses a "
+                        "template (classification or multiple choice): drop data_format")
     if isinstance(template, ChoiceTemplate):
         dataset = load_choice(path, template, config.skip_bad)
     elif template is not None:
         dataset = load_classification(path, template, config.skip_bad)
     else:
-        dataset = load_text(path, config.text_field, config.prompt_field or None, config.skip_bad)
+        dataset = load_text(path, config.text_field, config.prompt_field or None, config.skip_bad,
+                            config.data_format, config.loss_on_prompt)
+        notices.announce(dataset.note)
     if dataset.skipped or dataset.multiline:
         (on_skipped or (lambda d: notices.skipped_rows(d, "evaluation")))(dataset)
     if dataset.integer_labels:

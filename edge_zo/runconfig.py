@@ -28,6 +28,7 @@ from edge_zo.errors import UserError
 from edge_zo.optim import build_config
 from edge_zo.optim.base import ConfigError
 from edge_zo.optim.configs import make_config, opt, parse_overrides, require
+from edge_zo.formats import FORMATS
 from edge_zo.templates import TEMPLATES, default_template_name, registry_help, user_template
 
 CONFIG_NAME = "config.json"
@@ -54,6 +55,10 @@ class RunConfig:
     template_separator: str = opt(" ", "your own template: text between the prompt and a label word or candidate")
     text_field: str = opt("text", "causal-lm: the field whose tokens are scored")
     prompt_field: str = opt("", "causal-lm: a field prepended unscored (empty: score the whole text)")
+    data_format: str = opt("auto", "causal-lm rows: auto (read off the first row's fields) | text | chat (messages) | "
+                           "prompt-completion | alpaca (instruction, input, output); docs/data.md")
+    loss_on_prompt: bool = opt(False, "causal-lm chat / prompt-completion / alpaca: score the prompt's tokens too "
+                               "(default: only the response's)")
     skip_bad: bool = opt(False, "skip and count bad data rows instead of stopping at the first one")
     preset: str = opt("zo-mopi", "optimizer preset: zo-mopi, paper-code, zo-muon, lozo, lozo-m, mezo, loren, ...")
     optimizer: dict = field(default_factory=dict, metadata={"help": "optimizer.KEY=VALUE overrides"})
@@ -79,6 +84,7 @@ class RunConfig:
         require(self.provider in ("cpu", "cuda"), f"provider={self.provider!r} must be cpu or cuda")
         require(self.linear_probe in ("auto", "on", "off"),
                 f"linear_probe={self.linear_probe!r} must be auto, on or off")
+        require(self.data_format in FORMATS, f"data_format={self.data_format!r} must be one of {', '.join(FORMATS)}")
         self.prompt_template()  # a bad template stops the run here, before anything loads
 
     def prompt_template(self):
@@ -219,8 +225,9 @@ def load(run_dir: Path, resuming: bool = False, bundle: str | None = None, data:
                           "start a new run, or resume with the edge-zo version that started it")
     optimizer = values.pop("optimizer", {})
     if not values.get("template") and not values.get("template_prompt"):
-        # Runs record their default template since issue 20 (pin_template); before, an empty
-        # one meant review for any classification bundle (and none on a causal-lm one, which
+        # Runs record their default template (pin_template); before, an empty one meant
+        # review for any classification bundle (and none on a causal-lm one, which
         # fit_template still reads "review" as).
         values["template"] = "review"
+    values.setdefault("data_format", "text")  # a run from before data formats read its rows as text
     return dataclasses.replace(make_config(RunConfig, values), optimizer=optimizer)

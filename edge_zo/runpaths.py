@@ -91,6 +91,8 @@ def find_bundle(run_dir: Path, recorded: str, relative: str | None, expected: st
             return str(candidate)
         if other is None and recorded_place:
             other = (candidate, now)
+    if expected is None and not other:  # nothing recorded to check it by: as recorded (reading it fails later)
+        return recorded
     if other:
         raise ConfigError(f"{other[0]} now holds another model than {run_dir} was trained on (bundle "
                           f"fingerprint {other[1]}, recorded {expected}); put the original bundle back in "

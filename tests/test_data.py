@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -140,8 +142,9 @@ def test_a_user_template_from_a_config_file_round_trips(tmp_path):
                     'template_labels = ["negative=bad", "positive=good"]\n')
     config = resolve(str(toml), {}, [])
     assert config.prompt_template() == Template("Opinion: {text}\nVerdict:", {"negative": "bad", "positive": "good"})
-    save(config, tmp_path)
-    assert load(tmp_path) == config  # what --resume reads back
+    save(config, tmp_path)  # paths are recorded absolute (edge_zo/runpaths.py)
+    absolute = dataclasses.replace(config, bundle=str(Path("b").resolve()), data=str(Path("d.jsonl").resolve()))
+    assert load(tmp_path) == absolute  # what --resume reads back
 
 
 def test_a_user_template_from_overrides():

@@ -14,7 +14,7 @@ HELP = "score a bundle (or a run's trained weights) on labelled data"
 
 # The run keys that say how rows become examples: what eval may set (or change from the run's).
 DATA_KEYS = ("template", "template_prompt", "template_labels", "template_choices", "template_separator",
-             "text_field", "prompt_field", "skip_bad")
+             "text_field", "prompt_field", "data_format", "loss_on_prompt", "skip_bad")
 TEMPLATE_KEYS = DATA_KEYS[:5]
 
 
