@@ -39,4 +39,4 @@ $EDGE_ZO finetune --bundle "$BUNDLE" --data "$TRAIN" --optimizer zo-mopi --out "
 
 echo "quickstart: accuracy after fine-tuning on $TEST"
 $EDGE_ZO eval --run "$RUN" --data "$TEST" --weights last
-echo "quickstart: done; run folder $RUN (edge-zo deploy $RUN --out model.onnx writes a servable model)"
+echo "quickstart: done; run folder $RUN (edge-zo deploy $RUN --out deployed/ writes a servable model folder; edge-zo predict deployed/ --data FILE runs it)"
