@@ -36,7 +36,7 @@ from edge_zo import checkpoint, loop, runconfig
 from edge_zo.bundle import BundleError, read_manifest
 from edge_zo.data import Example, load_tokenizer, make_batch
 from edge_zo.errors import UserError, writes_to
-from edge_zo.leftovers import remove_stale_partials, staging_path
+from edge_zo.leftovers import pid_alive, remove_stale_partials, staging_path
 from edge_zo.optim import optimizer_for
 from edge_zo.predict import DESCRIPTION_NAME, MODEL_NAME, TOKENIZER_NAME
 from edge_zo.runtime import Runtime
@@ -91,8 +91,9 @@ def deploy(opts: DeployOptions) -> DeployReport:
         raise BundleError(f"{config.bundle} was exported before bundles carried inference.onnx; "
                           f"re-export it with this edge-zo (`edge-zo export ... --out "
                           f"{config.bundle} --force`: same model and targets) and deploy again")
-    _check_out(opts)
+    _restore_interrupted(opts.out)  # a folder swap cut short by a kill: the previous model back
     remove_stale_partials(opts.out)  # staging folders of deploys killed before their rename
+    _check_out(opts)
     runtime = Runtime(config.bundle, threads=config.threads or None)
     label, step = _load_trained(opts, runtime, config)
     staging = staging_path(opts.out)
@@ -121,8 +122,9 @@ def _write_checked(opts: DeployOptions, config, manifest, runtime: Runtime, snap
     model = merged_model(onnx, Path(config.bundle) / manifest.inference_file, manifest,
                          runtime.export_weights(copy=False), opts.dtype)
     staging.mkdir()
-    try:
-        staged = staging / model_path(opts.out).name
+    try:  # a folder is built as staging/NAME, a file as staging/FILE
+        staged = staging / opts.out.name / MODEL_NAME if is_folder(opts.out) else staging / opts.out.name
+        staged.parent.mkdir(exist_ok=True)
         size = save_model(onnx, model, staged)
         del model
         tokenizer = load_tokenizer(config.bundle)
@@ -133,8 +135,8 @@ def _write_checked(opts: DeployOptions, config, manifest, runtime: Runtime, snap
         if opts.only_if_better and model_path(opts.out).exists():
             _compare(report, staged, opts, config, manifest, tokenizer)
         if report.replaced and is_folder(opts.out):
-            _describe(staging, opts, config, manifest, snapshot)
-            _move_folder_into_place(staging, opts.out)
+            _describe(staged.parent, opts, config, manifest, snapshot)
+            _swap_into_place(staged.parent, opts.out, staging)
         elif report.replaced:
             _move_into_place(staged, opts.out)
         return report
@@ -232,24 +234,37 @@ def _files(path: Path) -> list[Path]:
     return [path, data] if data.exists() else [path]
 
 
-def _describe(staging: Path, opts: DeployOptions, config, manifest, snapshot: tuple) -> None:
+def _describe(folder: Path, opts: DeployOptions, config, manifest, snapshot: tuple) -> None:
     """tokenizer.json, edge_zo_model.json and README.md beside the staged model."""
     import json
     from edge_zo import model_card
-    shutil.copyfile(Path(config.bundle) / TOKENIZER_NAME, staging / TOKENIZER_NAME)
+    shutil.copyfile(Path(config.bundle) / TOKENIZER_NAME, folder / TOKENIZER_NAME)
     description = model_card.describe(opts.run, config, manifest, loop.template_for(config, manifest),
                                       *snapshot, opts.dtype)
-    (staging / DESCRIPTION_NAME).write_text(json.dumps(description, indent=2) + "\n")
-    (staging / "README.md").write_text(model_card.model_card(description))
+    (folder / DESCRIPTION_NAME).write_text(json.dumps(description, indent=2) + "\n")
+    (folder / "README.md").write_text(model_card.model_card(description))
 
 
-def _move_folder_into_place(staging: Path, out: Path) -> None:
-    """Each staged file renamed into `out` (created): the model (data file first), then its
-    description, so a kill leaves the old model or the new one, never half of one."""
-    out.mkdir(exist_ok=True)
-    _move_into_place(staging / MODEL_NAME, out / MODEL_NAME)
-    for name in (TOKENIZER_NAME, "README.md", DESCRIPTION_NAME):
-        os.replace(staging / name, out / name)
+PREVIOUS = "previous"  # where a replaced model folder waits, inside the staging folder
+
+
+def _swap_into_place(folder: Path, out: Path, staging: Path) -> None:
+    """Two renames: the previous model folder into `staging` (removed with it), the new one
+    to `out`, so `out` is always one whole model. A kill between them leaves the previous
+    one in the staging folder, and the next deploy to `out` puts it back first."""
+    if out.exists():
+        os.replace(out, staging / PREVIOUS)
+    os.replace(folder, out)
+
+
+def _restore_interrupted(out: Path) -> None:
+    if out.exists() or not is_folder(out):
+        return
+    for previous in out.parent.glob(f".{out.name}.partial-*/{PREVIOUS}"):
+        pid = previous.parent.name.rpartition("-")[2]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            os.replace(previous, out)
+            return
 
 
 def _move_into_place(staged: Path, out: Path) -> None:

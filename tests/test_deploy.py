@@ -251,3 +251,19 @@ def test_predict_writes_a_label_per_row_and_names_a_bad_line(job, tmp_path, caps
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"text": "fine"}, {"review": "no text field"}])
     assert main(["predict", str(out), "--data", str(bad)]) == 2
     assert "bad.jsonl, line 2" in capsys.readouterr().err
+
+
+def test_a_folder_swap_cut_short_by_a_kill_is_put_back(job, tmp_path, capsys):
+    """A deploy killed between its two renames leaves the previous model folder inside its
+    staging folder; the next deploy to that --out puts it back before anything else."""
+    from faults.helpers import dead_pid
+    out = tmp_path / "model"
+    assert deploy_cli(capsys, job / "run", "--out", out)[0] == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    staging = tmp_path / f".model.partial-{dead_pid()}"
+    staging.mkdir()
+    out.rename(staging / "previous")  # the first rename done, the process gone
+    code, _, err = deploy_cli(capsys, job / "run", "--out", out)
+    assert code == 2 and "--force" in err  # the previous model is back, so it is not replaced
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # the dead staging folder is gone
