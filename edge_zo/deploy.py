@@ -58,6 +58,7 @@ class DeployOptions:
     weights: str = "best"  # best | last
     only_if_better: str | None = None  # held-out data to compare with the existing --out
     force: bool = False  # replace an existing model at --out
+    adapter: bool = False  # also adapter.npz: the update as B·A at the bundle's rank (edge_zo/adapter.py)
     bundle: str | None = None  # the run's bundle when it is not where the run recorded it
 
 
@@ -94,6 +95,8 @@ def deploy(opts: DeployOptions) -> DeployReport:
     _restore_interrupted(opts.out)  # a folder swap cut short by a kill: the previous model back
     remove_stale_partials(opts.out)  # staging folders of deploys killed before their rename
     _check_out(opts)
+    if opts.adapter and not is_folder(opts.out):
+        raise UserError(f"--adapter writes adapter.npz beside the model: give a folder (--out DIR), not {opts.out}")
     runtime = Runtime(config.bundle, threads=config.threads or None)
     label, step = _load_trained(opts, runtime, config)
     staging = staging_path(opts.out)
@@ -135,7 +138,7 @@ def _write_checked(opts: DeployOptions, config, manifest, runtime: Runtime, snap
         if opts.only_if_better and model_path(opts.out).exists():
             _compare(report, staged, opts, config, manifest, tokenizer)
         if report.replaced and is_folder(opts.out):
-            _describe(staged.parent, opts, config, manifest, snapshot)
+            _describe(staged.parent, opts, config, manifest, snapshot, runtime)
             _swap_into_place(staged.parent, opts.out, staging)
         elif report.replaced:
             _move_into_place(staged, opts.out)
@@ -234,13 +237,16 @@ def _files(path: Path) -> list[Path]:
     return [path, data] if data.exists() else [path]
 
 
-def _describe(folder: Path, opts: DeployOptions, config, manifest, snapshot: tuple) -> None:
-    """tokenizer.json, edge_zo_model.json and README.md beside the staged model."""
+def _describe(folder: Path, opts: DeployOptions, config, manifest, snapshot: tuple, runtime: Runtime) -> None:
+    """tokenizer.json, edge_zo_model.json and README.md (and adapter.npz) beside the staged model."""
     import json
-    from edge_zo import model_card
+    from edge_zo import adapter, loading, model_card
     shutil.copyfile(Path(config.bundle) / TOKENIZER_NAME, folder / TOKENIZER_NAME)
     description = model_card.describe(opts.run, config, manifest, loop.template_for(config, manifest),
                                       *snapshot, opts.dtype)
+    if opts.adapter:
+        base = loading.read_weights(Path(config.bundle), manifest)[0]
+        description["adapter"] = adapter.write(folder, manifest, base, runtime.export_weights(copy=False))
     (folder / DESCRIPTION_NAME).write_text(json.dumps(description, indent=2) + "\n")
     (folder / "README.md").write_text(model_card.model_card(description))
 

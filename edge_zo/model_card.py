@@ -92,4 +92,13 @@ Inputs are formatted with the run's template and tokenized with `tokenizer.json`
 - bundle fingerprint: {p['bundle_fingerprint']}
 - run: {p['run']}; optimizer {p['optimizer']} {p['optimizer_values'] or ''}
 - deployed {p['deployed_at']} by edge-zo {p['edge_zo_version']}
-"""
+{_adapter_line(description)}"""
+
+
+def _adapter_line(description: dict) -> str:
+    if "adapter" not in description:
+        return ""
+    spec = description["adapter"]
+    worst = max((m["rel_error"] for m in spec["matrices"].values()), default=0.0)
+    return (f"- adapter.npz: the update as B·A at rank {spec['rank']} (largest relative error {worst:.3g}); "
+            "`edge_zo.adapter.apply(base_weights, folder)` adds it onto the base model\n")

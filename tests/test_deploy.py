@@ -267,3 +267,45 @@ def test_a_folder_swap_cut_short_by_a_kill_is_put_back(job, tmp_path, capsys):
     assert code == 2 and "--force" in err  # the previous model is back, so it is not replaced
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # the dead staging folder is gone
+
+
+def test_the_adapter_round_trips_to_the_trained_weights(job, tmp_path, capsys):
+    from edge_zo import adapter, loading
+
+    folder = tmp_path / "with-adapter"
+    code, _, err = deploy_cli(capsys, job / "run", "--out", folder, "--adapter", "--weights", "last")
+    assert code == 0, err
+    spec = json.loads((folder / "edge_zo_model.json").read_text())["adapter"]
+    manifest = read_manifest(job / "bundle")
+    assert spec["rank"] == manifest.rank == 2 and set(spec["matrices"]) == {m.name for m in manifest.matrices}
+    base = loading.read_weights(job / "bundle", manifest)[0]
+    layouts = {m.name: m.layout for m in manifest.matrices}
+    applied = adapter.apply(base, folder, layouts=layouts)
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(str(folder / "model.onnx")).graph.initializer}
+    moved = 0
+    for mat in manifest.matrices:
+        trained, recorded = inits[mat.inputs["W"]], spec["matrices"][mat.name]["rel_error"]
+        delta = np.linalg.norm(trained.astype(np.float64) - base[mat.name])
+        if delta == 0:
+            continue
+        moved += 1
+        got = np.linalg.norm(applied[mat.name].astype(np.float64) - trained) / delta
+        assert got == pytest.approx(recorded, abs=1e-3)  # the JSON says the adapter's true error
+        assert 0 <= recorded < 1  # better than no adapter at all
+        if min(mat.shape) <= manifest.rank:  # the 2-label head: rank 2 holds it exactly
+            assert recorded < 1e-5
+    assert moved >= 2  # training moved the encoder and the head
+    assert "adapter.npz" in (folder / "README.md").read_text()
+
+
+def test_factor_is_the_best_rank_r_cut():
+    from edge_zo.adapter import factor
+
+    rng = np.random.default_rng(0)
+    exact = rng.normal(size=(6, 3)) @ rng.normal(size=(3, 5))
+    B, A, error = factor(exact, 3)
+    assert B.shape == (6, 3) and A.shape == (3, 5) and error < 1e-6
+    np.testing.assert_allclose(B @ A, exact, atol=1e-5)
+    B, A, error = factor(exact, 1)
+    assert error == pytest.approx(np.linalg.norm(exact - B @ A) / np.linalg.norm(exact), rel=1e-5)
+    assert 0 < error < 1

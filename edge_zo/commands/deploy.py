@@ -15,6 +15,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "model card, read by `edge-zo predict`; a name ending in .onnx writes the model alone "
                              "(its folder must exist)")
     parser.add_argument("--force", action="store_true", help="replace a model already at --out")
+    parser.add_argument("--adapter", action="store_true",
+                        help="also write adapter.npz: the update as LoRA-style B, A per matrix at the bundle's "
+                             "rank (edge_zo.adapter.apply adds it onto the base weights)")
     parser.add_argument("--bundle", metavar="DIR", help="the run's bundle, if it is no longer where the run "
                         "recorded it nor beside the run (checked by its fingerprint)")
     parser.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32",
@@ -31,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
 
     report = deploy(DeployOptions(run=Path(args.run), out=args.out, dtype=args.dtype,
                                   weights=args.weights, only_if_better=args.only_if_better,
-                                  bundle=args.bundle, force=args.force))
+                                  bundle=args.bundle, force=args.force, adapter=args.adapter))
     if report.new_score is not None:
         verdict = "replaced it" if report.replaced else f"kept {report.out} (the new model is not better)"
         print(f"on {args.only_if_better}: {report.metric} new {report.new_score:.4f}, "
