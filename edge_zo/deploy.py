@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_zo import checkpoint, loop, runconfig
+from edge_zo import checkpoint, choice, loop, runconfig
 from edge_zo.bundle import BundleError, read_manifest
 from edge_zo.data import Example, load_tokenizer, make_batch
 from edge_zo.errors import UserError, writes_to
@@ -343,28 +343,29 @@ def check_parity(path: Path, runtime: Runtime, batches: list, tolerance: str) ->
 
 
 def score(path: Path, batches: list, task: str) -> float:
-    """Accuracy (classification) or mean token NLL (causal-lm) of a deployed model."""
+    """Accuracy (classification; multiple choice, scored as finetune scores it:
+    edge_zo/choice.py) or mean token NLL (causal-lm text) of a deployed model."""
     session = _session(path)
-    right, nll, tokens = 0, 0.0, 0.0
+    right, examples, nll, tokens = 0, 0, 0.0, 0.0
     for batch in batches:
         scores = _run(session, batch, task)
-        if task == "classification":
-            right += int(np.sum(np.argmax(scores, axis=1) == batch.labels))
+        if batch.choice is not None:
+            right += choice.correct(choice.mean_loglik(scores, batch.loss_mask), batch.choice)
+            examples += len(batch.choice.labels)
+        elif task == "classification":
+            right, examples = right + int(np.sum(np.argmax(scores, axis=1) == batch.labels)), examples + len(scores)
         else:
             nll, tokens = nll + float(scores.sum()), tokens + float(batch.loss_mask.sum())
-    if task == "classification":
-        return right / sum(len(b.labels) for b in batches)
-    return nll / max(tokens, 1.0)
+    return right / max(examples, 1) if examples else nll / max(tokens, 1.0)
 
 
 def _compare(report: DeployReport, staged: Path, opts: DeployOptions, config, manifest, tokenizer) -> None:
     template = loop.template_for(config, manifest)
     examples = loop.load_examples(config, opts.only_if_better, manifest, template)
     batches = _batches(examples, tokenizer, manifest, config.batch_size)
-    task = manifest.task
-    report.metric = "accuracy" if task == "classification" else "mean NLL"
+    task, accuracy = manifest.task, template is not None  # a template: labels or candidates to get right
+    report.metric = "accuracy" if accuracy else "mean NLL"
     report.new_score = score(staged, batches, task)
-    report.old_score = score(opts.out, batches, task)
-    better = report.new_score > report.old_score if task == "classification" \
-        else report.new_score < report.old_score
+    report.old_score = score(model_path(opts.out), batches, task)
+    better = report.new_score > report.old_score if accuracy else report.new_score < report.old_score
     report.replaced = bool(better)

@@ -67,16 +67,22 @@ class DeployedModel:
     # ---- causal-lm --------------------------------------------------------------------
     def nll(self, texts) -> list[float]:
         """Mean negative log-likelihood per token of each text (lower: the model expects it more)."""
+        return self.nll_with_tokens(texts)[0]
+
+    def nll_with_tokens(self, texts) -> tuple[list[float], list[int]]:
+        """(mean NLL per token, scored tokens) of each text: a set's NLL per token is
+        sum(mean·tokens) / sum(tokens), as `edge-zo eval` reports it."""
         if self.task != "causal-lm":
             raise UserError("nll() scores text with a causal-lm model; this one classifies: use .predict")
         field = self.description.get("text_field", "text")
         examples = [Example(row if isinstance(row, str) else str(row[field]), -1) for row in texts]
-        out = []
+        means, tokens = [], []
         for start in range(0, len(examples), BATCH):
             batch = self._batch(examples[start:start + BATCH])
-            per_row = self._run(batch)  # summed NLL of each row's scored tokens
-            out += list(per_row / np.maximum(batch.loss_mask.sum(axis=1), 1.0))
-        return [float(v) for v in out]
+            counts = batch.loss_mask.sum(axis=1)
+            means += [float(v) for v in self._run(batch) / np.maximum(counts, 1.0)]  # summed NLL per row
+            tokens += [int(c) for c in counts]
+        return means, tokens
 
     # ---- shared ------------------------------------------------------------------------
     def prompt(self, row) -> str:

@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"{args.data}, line {line}: {err}") from None
         rows.append(row)
     if model.task == "causal-lm":
-        results = [{"nll_per_token": v} for v in model.nll(rows)]
+        results = [{"nll_per_token": v, "tokens": n} for v, n in zip(*model.nll_with_tokens(rows))]
     else:
         proba = model.predict_proba(rows)
         results = [{"label": model.labels[int(p.argmax())],
