@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="which of the run's weights: best on dev (else the last), or the last checkpoint")
     parser.add_argument("--only-if-better", metavar="DATA",
                         help="keep the existing --out model unless the new one scores strictly "
-                             "better on DATA (accuracy; mean NLL for causal-lm)")
+                             "better on DATA (accuracy, multiple choice too; mean NLL for causal-lm text)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"on {args.only_if_better}: {report.metric} new {report.new_score:.4f}, "
               f"previous {report.old_score:.4f}: {verdict}")
     if report.replaced:
-        print(f"wrote {report.out} ({args.dtype}, {report.bytes / 2**20:.1f} MiB) from {args.run}, "
+        described = " with tokenizer.json, edge_zo_model.json and README.md" if report.out != args.out else ""
+        print(f"wrote {report.out} ({args.dtype}, {report.bytes / 2**20:.1f} MiB){described} from {args.run}, "
               f"weights {report.weights}; parity with the training graph: max |score diff| "
               f"{report.parity_diff:.2g} on {report.parity_rows} rows of {report.parity_source}")
     return 0
