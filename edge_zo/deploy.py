@@ -155,6 +155,9 @@ def _check_out(opts: DeployOptions) -> None:
         if out.exists() and not out.is_dir():
             raise UserError(f"--out {out} is a file; give a folder (or a name ending in .onnx for the model alone)")
         out.parent.mkdir(parents=True, exist_ok=True)  # a new folder's parents, like `mkdir -p`
+        if out.is_dir() and any(out.iterdir()) and not (out / MODEL_NAME).exists():
+            # a replacement swaps the folder whole: never over files that are not a model's
+            raise UserError(f"--out {out} holds other files, not a deployed model; choose a new or empty folder")
     elif not out.parent.is_dir():
         raise UserError(f"--out {out}: folder {out.parent} does not exist; create it "
                         f"(mkdir -p {out.parent}) or choose another --out")

@@ -240,6 +240,15 @@ def test_a_deployed_folder_is_replaced_only_when_asked(job, tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no staging left
 
 
+def test_a_folder_of_other_files_is_never_a_deploy_target(job, tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    code, _, err = deploy_cli(capsys, job / "run", "--out", out, "--force")
+    assert code == 2 and "other files" in err and (out / "notes.txt").read_text() == "keep me"
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
 def test_predict_writes_a_label_per_row_and_names_a_bad_line(job, tmp_path, capsys):
     out = tmp_path / "model"
     assert deploy_cli(capsys, job / "run", "--out", out)[0] == 0
