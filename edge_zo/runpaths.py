@@ -87,7 +87,7 @@ def find_bundle(run_dir: Path, recorded: str, relative: str | None, expected: st
         if not (candidate / MANIFEST_NAME).is_file():
             continue
         now = fingerprint(candidate)
-        if expected is None or now == expected:
+        if now == expected or (expected is None and recorded_place):  # a folder beside: only by its fingerprint
             return str(candidate)
         if other is None and recorded_place:
             other = (candidate, now)

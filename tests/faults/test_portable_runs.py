@@ -93,3 +93,14 @@ def test_a_run_from_before_recorded_paths_still_loads(job, tmp_path):
     (run / "config.json").write_text(json.dumps({**old, "bundle": "bundle", "data": "train.jsonl"}))
     assert_clean(cli("finetune", "--resume", "run", "steps=120", cwd=tmp_path / "here"), 0)
     assert_same_weights(run, control)
+
+
+def test_a_bundle_beside_the_run_is_taken_only_by_its_fingerprint(job, tmp_path):
+    """A run without a recorded fingerprint (its bundle was unreadable when it saved) never
+    adopts whatever bundle happens to lie beside it."""
+    from edge_zo import runconfig
+    build(tmp_path / "someone-elses-bundle", max_seq_len=16)
+    config = runconfig.resolve(None, {"bundle": str(tmp_path / "gone"), "data": str(job / "train.jsonl")}, [])
+    (tmp_path / "run").mkdir()
+    runconfig.save(config, tmp_path / "run")
+    assert runconfig.load(tmp_path / "run").bundle == str(tmp_path / "gone")  # as recorded: reading it fails later
