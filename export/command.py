@@ -51,6 +51,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    joined = [w for w in args.label_words if "," in w and len(w.strip(",")) > 1]
+    if joined:  # `--label-words negative,positive` would be one label word
+        raise UserError(f"--label-words {joined[0]!r}: give one word per argument, e.g. --label-words "
+                        f"{' '.join(w for w in joined[0].split(',') if w)}")
     try:
         from export.pipeline import ExportOptions, export_bundle
     except ImportError as err:

@@ -30,6 +30,12 @@ def test_a_folder_that_is_not_a_model(tmp_path, capsys):
     assert leftovers(tmp_path) == ["notes.txt"]
 
 
+def test_comma_joined_label_words_are_refused_with_the_fix(tmp_path, capsys):
+    code, err = export(capsys, "minilm", "--task", "classification", "--label-words", "negative,positive",
+                       "--out", tmp_path / "b")
+    assert code == 2 and "--label-words negative positive" in err and not (tmp_path / "b").exists()
+
+
 def test_a_missing_model_names_the_built_ins(tmp_path, capsys):
     code, err = export(capsys, tmp_path / "nope", "--task", "causal-lm", "--out", tmp_path / "b")
     assert code == 2 and "no such folder" in err and "minilm, smollm2-135m" in err
