@@ -37,8 +37,11 @@ def out_in(array: np.ndarray, layout: str) -> np.ndarray:
     return array.T if layout == "in_out" else array
 
 
-def write(folder: Path, manifest, base: dict, trained: dict) -> dict:
-    """adapter.npz in `folder`; returns edge_zo_model.json's `adapter` entry."""
+def write(folder: Path, manifest, base: dict, trained: dict, rank: int = 0) -> dict:
+    """adapter.npz in `folder` at `rank` (0: the bundle's); returns edge_zo_model.json's
+    `adapter` entry. Each fold adds up to r to the update's rank, so after f sketch windows
+    it can need r·f to be exact: the recorded errors say how far the cut is."""
+    rank = rank or manifest.rank
     if manifest.rank < 1:
         raise UserError(f"--adapter: the bundle is full-rank (rank 0), so there is no rank to cut the update "
                         f"to; deploy without --adapter, or export a low-rank bundle (edge-zo export --rank R)")
@@ -46,12 +49,12 @@ def write(folder: Path, manifest, base: dict, trained: dict) -> dict:
     for mat in manifest.matrices:
         delta = out_in(np.asarray(trained[mat.name], np.float64) - np.asarray(base[mat.name], np.float64),
                        mat.layout)
-        B, A, error = factor(delta, manifest.rank)
+        B, A, error = factor(delta, rank)
         arrays[f"{mat.name}.B"], arrays[f"{mat.name}.A"] = B, A
         matrices[mat.name] = {"shape": list(mat.shape), "layout": mat.layout, "rank": int(A.shape[0]),
                               "rel_error": error}
     np.savez(folder / ADAPTER_FILE, **arrays)
-    return {"file": ADAPTER_FILE, "rank": manifest.rank, "matrices": matrices}
+    return {"file": ADAPTER_FILE, "rank": rank, "matrices": matrices}
 
 
 def load(folder: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -58,7 +58,8 @@ class DeployOptions:
     weights: str = "best"  # best | last
     only_if_better: str | None = None  # held-out data to compare with the existing --out
     force: bool = False  # replace an existing model at --out
-    adapter: bool = False  # also adapter.npz: the update as B·A at the bundle's rank (edge_zo/adapter.py)
+    adapter: bool = False  # also adapter.npz: the update as B·A (edge_zo/adapter.py)
+    adapter_rank: int = 0  # its rank; 0: the bundle's
     bundle: str | None = None  # the run's bundle when it is not where the run recorded it
 
 
@@ -249,7 +250,8 @@ def _describe(folder: Path, opts: DeployOptions, config, manifest, snapshot: tup
                                       *snapshot, opts.dtype)
     if opts.adapter:
         base = loading.read_weights(Path(config.bundle), manifest)[0]
-        description["adapter"] = adapter.write(folder, manifest, base, runtime.export_weights(copy=False))
+        description["adapter"] = adapter.write(folder, manifest, base, runtime.export_weights(copy=False),
+                                               opts.adapter_rank)
     (folder / DESCRIPTION_NAME).write_text(json.dumps(description, indent=2) + "\n")
     (folder / "README.md").write_text(model_card.model_card(description))
 

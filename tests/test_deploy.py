@@ -318,3 +318,12 @@ def test_factor_is_the_best_rank_r_cut():
     B, A, error = factor(exact, 1)
     assert error == pytest.approx(np.linalg.norm(exact - B @ A) / np.linalg.norm(exact), rel=1e-5)
     assert 0 < error < 1
+
+
+def test_an_adapter_of_enough_rank_is_exact(job, tmp_path, capsys):
+    """The run folded its update at least once (nu < steps): rank r·(folds + 1) holds it all."""
+    folder = tmp_path / "full"
+    assert deploy_cli(capsys, job / "run", "--out", folder, "--adapter", "--adapter-rank", "12",
+                      "--weights", "last")[0] == 0
+    spec = json.loads((folder / "edge_zo_model.json").read_text())["adapter"]
+    assert spec["rank"] == 12 and max(m["rel_error"] for m in spec["matrices"].values()) < 1e-5

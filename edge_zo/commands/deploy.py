@@ -18,6 +18,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adapter", action="store_true",
                         help="also write adapter.npz: the update as LoRA-style B, A per matrix at the bundle's "
                              "rank (edge_zo.adapter.apply adds it onto the base weights)")
+    parser.add_argument("--adapter-rank", type=int, default=0, metavar="K",
+                        help="the adapter's rank (default: the bundle's); each sketch window adds up to r to "
+                             "the update's rank, so a long run needs more to be exact (see its errors in "
+                             "edge_zo_model.json)")
     parser.add_argument("--bundle", metavar="DIR", help="the run's bundle, if it is no longer where the run "
                         "recorded it nor beside the run (checked by its fingerprint)")
     parser.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32",
@@ -34,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
 
     report = deploy(DeployOptions(run=Path(args.run), out=args.out, dtype=args.dtype,
                                   weights=args.weights, only_if_better=args.only_if_better,
-                                  bundle=args.bundle, force=args.force, adapter=args.adapter))
+                                  bundle=args.bundle, force=args.force, adapter=args.adapter,
+                                  adapter_rank=args.adapter_rank))
     if report.new_score is not None:
         verdict = "replaced it" if report.replaced else f"kept {report.out} (the new model is not better)"
         print(f"on {args.only_if_better}: {report.metric} new {report.new_score:.4f}, "
