@@ -20,7 +20,7 @@ import numpy as np
 
 from edge_zo.data import Example, make_batch
 from edge_zo.errors import UserError
-from edge_zo.templates import Template, _placeholders, fill
+from edge_zo.templates import Template, placeholders, fill
 
 MODEL_NAME, DESCRIPTION_NAME, TOKENIZER_NAME = "model.onnx", "edge_zo_model.json", "tokenizer.json"
 FORMAT_VERSION = 1
@@ -91,7 +91,7 @@ class DeployedModel:
         if self.task != "classification":
             raise UserError("predict_proba() classifies; this is a causal-lm model: use .nll(texts)")
         if isinstance(row, str):
-            fields = _placeholders(self.template.prompt)
+            fields = placeholders(self.template.prompt)
             if len(fields) != 1:
                 raise UserError(f"this model's template reads the fields {fields}: pass each row as a dict")
             row = {fields[0]: row}

@@ -208,7 +208,7 @@ def field_value(row: dict, name: str) -> str:
 
 def fill(template: Template, row: dict) -> str:
     """A classification template's prompt for a row."""
-    values = {name: field_value(row, name) for name in _placeholders(template.prompt)}
+    values = {name: field_value(row, name) for name in placeholders(template.prompt)}
     for name in template.capitalize:
         values[name] = values[name][:1].upper() + values[name][1:]
     return template.prompt.format(**values)
@@ -216,7 +216,7 @@ def fill(template: Template, row: dict) -> str:
 
 def choice_prompt(template: ChoiceTemplate, row: dict) -> str:
     """A multiple-choice template's prompt: "The woman retired so" for a COPA row."""
-    values = {name: field_value(row, name) for name in _placeholders(template.prompt)}
+    values = {name: field_value(row, name) for name in placeholders(template.prompt)}
     for name in set(template.maps) & set(values):
         if values[name] not in template.maps[name]:
             raise ValueError(f"field {name!r} is {values[name]!r}, not one of {list(template.maps[name])}")
@@ -239,5 +239,5 @@ def _candidate(template: ChoiceTemplate, text: str) -> str:
     return first + space + rest
 
 
-def _placeholders(pattern: str) -> list[str]:
+def placeholders(pattern: str) -> list[str]:
     return [name for _, name, _, _ in string.Formatter().parse(pattern) if name]
