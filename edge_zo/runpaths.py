@@ -91,7 +91,7 @@ def find_bundle(run_dir: Path, recorded: str, relative: str | None, expected: st
             return str(candidate)
         if other is None and recorded_place:
             other = (candidate, now)
-    if expected is None and not other:  # nothing recorded to check it by: as recorded (reading it fails later)
+    if expected is None:  # nothing recorded to check it by: as recorded (reading it fails later)
         return recorded
     if other:
         raise ConfigError(f"{other[0]} now holds another model than {run_dir} was trained on (bundle "
