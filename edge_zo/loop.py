@@ -28,7 +28,7 @@ from edge_zo.errors import UserError
 from edge_zo.data import Batch, load_choice, load_classification, load_text, load_tokenizer, make_batch
 from edge_zo.memory.guard import Budget, MemoryBudgetExceeded, MemoryGuard
 from edge_zo.metrics import Clock, MetricsLog, plot
-from edge_zo.optim import DivergedError, optimizer_for
+from edge_zo.optim import DivergedError, check_graph, optimizer_for
 from edge_zo.rng import Key
 from edge_zo.runconfig import RunConfig
 from edge_zo.stopping import StopFlag, Stopped
@@ -67,6 +67,8 @@ def train(config: RunConfig, run_dir: Path, resume: bool, budget: Budget | None,
     # ---- the pieces: bundle, data, runtime, optimizer ---------------------------------
     run_dir.mkdir(parents=True, exist_ok=True)
     manifest = read_manifest(config.bundle)
+    opt_config = config.optimizer_config(manifest.rank)
+    check_graph(opt_config, manifest.graph, config.bundle)  # a wrong method ends here, before any step
     if resume:  # the checkpoints' weights were trained on this model?
         runconfig.record_fingerprint(run_dir, config)
     tokenizer = load_tokenizer(config.bundle, manifest)
@@ -85,7 +87,6 @@ def train(config: RunConfig, run_dir: Path, resume: bool, budget: Budget | None,
     metrics.mirror = events.Events(run_dir, metrics.read())
     guard = MemoryGuard(budget, runtime, run_dir,
                         notify=lambda message, **record: notices.announce(message, metrics, **record))
-    opt_config = config.optimizer_config(manifest.rank)
     opt = optimizer_for(opt_config)
     root = Key.root(config.seed)
     state = opt.init(runtime.shapes, opt_config, root.child("init"))

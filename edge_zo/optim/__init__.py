@@ -15,9 +15,9 @@ from edge_zo.optim.base import (
     State,
     StepInfo,
 )
-from edge_zo.optim.registry import OPTIMIZERS, PRESETS, Optimizer, build_config, optimizer_for
+from edge_zo.optim.registry import OPTIMIZERS, PRESETS, Optimizer, build_config, check_graph, optimizer_for
 
 __all__ = [
     "ConfigError", "DivergedError", "LowRankProbe", "NoiseProbe", "Oracle", "Probe", "State",
-    "StepInfo", "OPTIMIZERS", "PRESETS", "Optimizer", "build_config", "optimizer_for",
+    "StepInfo", "OPTIMIZERS", "PRESETS", "Optimizer", "build_config", "check_graph", "optimizer_for",
 ]

@@ -30,6 +30,10 @@ class Optimizer(NamedTuple):
     # memory_bytes(shapes, config) -> int: state bytes kept between steps (None: not written
     # yet; base.state_bytes measures a built state)
     memory_bytes: Callable | None = None
+    # Whether it needs a low-rank bundle (`export --graph lowrank`): sketch methods bind A and
+    # D. Full-rank methods move W itself and run on either graph (on a low-rank one with D = 0:
+    # the same losses and weights, bit for bit, as on the full-rank export of the model).
+    lowrank_only: bool = True
 
 
 OPTIMIZERS: dict[str, Optimizer] = {
@@ -37,9 +41,9 @@ OPTIMIZERS: dict[str, Optimizer] = {
     "zo-muon": Optimizer("zo-muon", zo_muon.ZoMuonConfig, zo_muon.ZoMuonState, zo_muon.init, zo_muon.step),
     "lozo": Optimizer("lozo", lozo.LozoConfig, lozo.LozoState, lozo.init, lozo.step),
     "lozo-m": Optimizer("lozo-m", lozo.LozoMConfig, lozo.LozoState, lozo.init, lozo.step),
-    "mezo": Optimizer("mezo", mezo.MezoConfig, mezo.MezoState, mezo.init, mezo.step),
+    "mezo": Optimizer("mezo", mezo.MezoConfig, mezo.MezoState, mezo.init, mezo.step, lowrank_only=False),
     "loren": Optimizer("loren", loren.LorenConfig, loren.LorenState, loren.init, loren.step,
-                       memory_bytes=loren.memory_bytes),
+                       memory_bytes=loren.memory_bytes, lowrank_only=False),
 }
 
 # preset name -> (optimizer name, field values)
@@ -64,3 +68,12 @@ def build_config(preset: str, overrides: Mapping[str, Any] | Sequence[str] = ())
 def optimizer_for(config) -> Optimizer:
     """The registry entry of a config (by its class's `name`)."""
     return OPTIMIZERS[config.name]
+
+
+def check_graph(config, graph: str, bundle: str) -> None:
+    """Refuse a low-rank method on a full-rank bundle before any step, naming the fix."""
+    if graph == "lowrank" or not optimizer_for(config).lowrank_only:
+        return
+    either = " or ".join(name for name, opt in OPTIMIZERS.items() if not opt.lowrank_only)
+    raise ConfigError(f"{config.name} is a low-rank method but {bundle} holds a full-rank graph: choose "
+                      f"--optimizer {either}, or re-export the model with --graph lowrank")

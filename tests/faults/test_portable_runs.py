@@ -9,6 +9,8 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
+
 from edge_zo.errors import EXIT_BAD_INPUT
 from faults.conftest import RUN_ARGS
 from faults.helpers import assert_clean, assert_same_weights, cli
@@ -104,3 +106,28 @@ def test_a_bundle_beside_the_run_is_taken_only_by_its_fingerprint(job, tmp_path)
     (tmp_path / "run").mkdir()
     runconfig.save(config, tmp_path / "run")
     assert runconfig.load(tmp_path / "run").bundle == str(tmp_path / "gone")  # as recorded: reading it fails later
+
+
+# ---- the method and the bundle's graph ---------------------------------------------------
+
+def test_a_low_rank_method_on_a_full_rank_bundle_is_refused_before_any_step(job, tmp_path):
+    build(tmp_path / "full", max_seq_len=16, graph="fullrank", probe_slots=1)
+    result = cli("finetune", "--bundle", tmp_path / "full", "--data", job / "train.jsonl", "--out", tmp_path / "run",
+                 "--optimizer", "lozo", "steps=5")
+    assert_clean(result, EXIT_BAD_INPUT, tmp_path / "full", "lozo", "--graph lowrank", "--optimizer mezo")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("preset", ["mezo", "loren"])
+def test_a_full_rank_method_on_a_low_rank_bundle_is_the_full_rank_run(job, tmp_path, preset):
+    """MeZO / LOREN on a low-rank bundle run with D = 0: every loss and weight bit-identical
+    to the same model's full-rank bundle, so it is allowed."""
+    build(tmp_path / "full", max_seq_len=16, graph="fullrank", probe_slots=1)
+    runs = {}
+    for graph, bundle in (("low", job / "bundle"), ("full", tmp_path / "full")):
+        runs[graph] = tmp_path / graph
+        done = cli("finetune", "--bundle", bundle, "--data", job / "train.jsonl", "--out", runs[graph],
+                   "--optimizer", preset, "steps=20", "batch_size=8", "optimizer.eta=1e-2")
+        assert done.returncode == 0, done.stderr
+    assert (runs["low"] / "journal.jsonl").read_text() == (runs["full"] / "journal.jsonl").read_text()
+    assert_same_weights(runs["low"], runs["full"])
