@@ -84,9 +84,12 @@ def find_bundle(run_dir: Path, recorded: str, relative: str | None, expected: st
         return str(given)
     other = None  # a recorded place that now holds another model: said if nothing else is found
     for candidate, recorded_place in _bundle_candidates(run_dir, recorded, relative):
-        if not (candidate / MANIFEST_NAME).is_file():
+        try:
+            now = fingerprint(candidate) if (candidate / MANIFEST_NAME).is_file() else None
+        except (UserError, OSError):  # a broken folder is not the run's bundle
+            now = None
+        if now is None:
             continue
-        now = fingerprint(candidate)
         if now == expected or (expected is None and recorded_place):  # a folder beside: only by its fingerprint
             return str(candidate)
         if other is None and recorded_place:

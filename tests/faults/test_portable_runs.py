@@ -131,3 +131,13 @@ def test_a_full_rank_method_on_a_low_rank_bundle_is_the_full_rank_run(job, tmp_p
         assert done.returncode == 0, done.stderr
     assert (runs["low"] / "journal.jsonl").read_text() == (runs["full"] / "journal.jsonl").read_text()
     assert_same_weights(runs["low"], runs["full"])
+
+
+def test_a_broken_bundle_beside_the_run_is_passed_over(job, tmp_path):
+    trained_half_way(job, tmp_path / "here")
+    (tmp_path / "here").rename(tmp_path / "there")
+    (tmp_path / "there" / "bundle").rename(tmp_path / "there" / "zzz-bundle")  # found only by its fingerprint
+    broken = tmp_path / "there" / "aaa-broken"  # sorted before the real bundle
+    shutil.copytree(job / "bundle", broken)
+    (broken / "model.onnx").unlink()
+    assert_clean(cli("finetune", "--resume", tmp_path / "there" / "run", "steps=120"), 0)
