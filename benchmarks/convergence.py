@@ -125,29 +125,29 @@ def evaluate_with_ce(original):
     """`edge_zo.loop.evaluate`, plus the dev examples' mean cross-entropy (`eval_ce`) for
     single-answer classification, computed from the label scores of the same forwards."""
     import numpy as np
-    from edge_zo import choice, loop
+    from edge_zo import evaluation, loop
 
     def evaluate(runtime, state, examples, tokenizer, manifest, batch_size):
-        if not examples or manifest.task != "classification" or choice.is_choice(examples):
+        if not examples or manifest.task != "classification":
             return original(runtime, state, examples, tokenizer, manifest, batch_size)
-        C = loop.bind_pending(runtime, state)
-        correct, per = 0, []
-        for start in range(0, len(examples), batch_size):
-            batch = loop.make_batch(examples[start:start + batch_size], tokenizer,
-                                    manifest.max_seq_len, manifest.pad_token_id)
+        C, per = loop.bind_pending(runtime, state), []
+
+        def scores_of(batch):
             runtime.set_batch(batch.input_ids, batch.attention_mask, batch.labels, batch.loss_mask)
             scores = np.asarray(runtime.scores(C), dtype=np.float64)  # [B, labels]: the logits
             top = scores.max(axis=1, keepdims=True)
             logz = top[:, 0] + np.log(np.exp(scores - top).sum(axis=1))
-            labels = np.asarray(batch.labels)
-            per.append(logz - scores[np.arange(len(labels)), labels])
-            correct += int(np.sum(np.argmax(scores, axis=1) == labels))
+            per.append(logz - scores[np.arange(len(scores)), np.asarray(batch.labels)])
+            return scores
+
+        record = evaluation.score(evaluation.batches(examples, tokenizer, manifest, batch_size), scores_of,
+                                  manifest.task)
         per = np.concatenate(per)
         if evaluate.reference is None or len(evaluate.reference) != len(per):
             evaluate.reference = per  # the run's first evaluation (step 0)
         diff = per - evaluate.reference  # paired with step 0 on the same dev examples
         se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0
-        return {"eval_acc": correct / len(examples), "eval_ce": float(per.mean()), "eval_ce_se": se}
+        return {**record, "eval_ce": float(per.mean()), "eval_ce_se": se}
     evaluate.wrapped, evaluate.reference = True, None
     return evaluate
 

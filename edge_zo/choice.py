@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge_zo.data import Batch, ChoiceExample, ChoiceLayout, make_choice_batch
+from edge_zo.data import Batch, ChoiceLayout
 
 
 def mean_loglik(nll: np.ndarray, loss_mask: np.ndarray) -> np.ndarray:
@@ -65,21 +65,3 @@ class ChoiceOracle:
 def oracle_for(runtime, batch: Batch):
     """What the optimizer queries for this batch: the runtime itself unless multiple choice."""
     return runtime if batch.choice is None else ChoiceOracle(runtime, batch)
-
-
-def is_choice(examples: list) -> bool:
-    return bool(examples) and isinstance(examples[0], ChoiceExample)
-
-
-def evaluate_choice(runtime, C, examples: list[ChoiceExample], tokenizer, manifest, batch_size: int) -> dict:
-    """Accuracy and candidate cross-entropy of the current weights (+ A C when C is given);
-    `batch_size` examples per forward, each expanded to its candidates."""
-    hits, ce = 0, 0.0
-    for start in range(0, len(examples), batch_size):
-        chunk = examples[start:start + batch_size]
-        batch = make_choice_batch(chunk, tokenizer, manifest.max_seq_len, manifest.pad_token_id)
-        runtime.set_batch(batch.input_ids, batch.attention_mask, batch.labels, batch.loss_mask)
-        loglik = mean_loglik(runtime.scores(C), batch.loss_mask)
-        hits += correct(loglik, batch.choice)
-        ce += float(candidate_ce(loglik, batch.choice)[0]) * len(chunk)
-    return {"eval_acc": hits / len(examples), "eval_ce": ce / len(examples)}

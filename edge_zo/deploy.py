@@ -32,9 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_zo import checkpoint, choice, loop, runconfig
+from edge_zo import checkpoint, evaluation, loop, runconfig
 from edge_zo.bundle import BundleError, read_manifest
-from edge_zo.data import Example, load_tokenizer, make_batch
+from edge_zo.data import Example, load_tokenizer
 from edge_zo.errors import UserError, writes_to
 from edge_zo.leftovers import pid_alive, remove_stale_partials, staging_path
 from edge_zo.optim import optimizer_for
@@ -299,12 +299,7 @@ def parity_batches(config, manifest, tokenizer) -> tuple[list, str]:
         examples, source = examples[:PARITY_BATCHES * PARITY_BATCH_SIZE], f"eval data {config.eval_data}"
     if not examples:
         examples = [Example(text, 0 if manifest.task == "classification" else -1) for text in SYNTHETIC]
-    return _batches(examples, tokenizer, manifest, PARITY_BATCH_SIZE), source
-
-
-def _batches(examples, tokenizer, manifest, size: int) -> list:
-    return [make_batch(examples[i:i + size], tokenizer, manifest.max_seq_len, manifest.pad_token_id)
-            for i in range(0, len(examples), size)]
+    return list(evaluation.batches(examples, tokenizer, manifest, PARITY_BATCH_SIZE)), source
 
 
 def _session(path: Path):
@@ -348,26 +343,17 @@ def check_parity(path: Path, runtime: Runtime, batches: list, tolerance: str) ->
 
 
 def score(path: Path, batches: list, task: str) -> float:
-    """Accuracy (classification; multiple choice, scored as finetune scores it:
-    edge_zo/choice.py) or mean token NLL (causal-lm text) of a deployed model."""
+    """Accuracy (classification, multiple choice) or mean token NLL (causal-lm text) of a
+    deployed model, scored as finetune scores it (edge_zo/evaluation.py)."""
     session = _session(path)
-    right, examples, nll, tokens = 0, 0, 0.0, 0.0
-    for batch in batches:
-        scores = _run(session, batch, task)
-        if batch.choice is not None:
-            right += choice.correct(choice.mean_loglik(scores, batch.loss_mask), batch.choice)
-            examples += len(batch.choice.labels)
-        elif task == "classification":
-            right, examples = right + int(np.sum(np.argmax(scores, axis=1) == batch.labels)), examples + len(scores)
-        else:
-            nll, tokens = nll + float(scores.sum()), tokens + float(batch.loss_mask.sum())
-    return right / max(examples, 1) if examples else nll / max(tokens, 1.0)
+    metrics = evaluation.score(iter(batches), lambda batch: _run(session, batch, task), task)
+    return metrics.get("eval_acc", metrics.get("eval_loss", 0.0))
 
 
 def _compare(report: DeployReport, staged: Path, opts: DeployOptions, config, manifest, tokenizer) -> None:
     template = loop.template_for(config, manifest)
     examples = loop.load_examples(config, opts.only_if_better, manifest, template)
-    batches = _batches(examples, tokenizer, manifest, config.batch_size)
+    batches = list(evaluation.batches(examples, tokenizer, manifest, config.batch_size))
     task, accuracy = manifest.task, template is not None  # a template: labels or candidates to get right
     report.metric = "accuracy" if accuracy else "mean NLL"
     report.new_score = score(staged, batches, task)

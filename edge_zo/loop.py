@@ -22,7 +22,7 @@ import numpy as np
 import psutil
 from tqdm import tqdm
 
-from edge_zo import checkpoint, choice, events, linear_probe, notices, runconfig
+from edge_zo import checkpoint, choice, evaluation, events, linear_probe, notices, runconfig
 from edge_zo.bundle import read_manifest
 from edge_zo.errors import UserError
 from edge_zo.data import Batch, load_choice, load_classification, load_text, load_tokenizer, make_batch
@@ -275,25 +275,8 @@ class BatchSchedule:
 # ---- evaluation ------------------------------------------------------------------------
 
 def evaluate(runtime: Runtime, state, examples, tokenizer, manifest, batch_size: int) -> dict:
-    """Accuracy (classification) or mean token NLL (causal LM) of the current weights."""
-    if not examples:
-        return {}
-    C = bind_pending(runtime, state)
-    if choice.is_choice(examples):  # multiple choice: accuracy over each example's candidates
-        return choice.evaluate_choice(runtime, C, examples, tokenizer, manifest, batch_size)
-    correct, nll, tokens = 0, 0.0, 0.0
-    for start in range(0, len(examples), batch_size):
-        batch = make_batch(examples[start:start + batch_size], tokenizer,
-                           manifest.max_seq_len, manifest.pad_token_id)
-        runtime.set_batch(batch.input_ids, batch.attention_mask, batch.labels, batch.loss_mask)
-        scores = runtime.scores(C)
-        if manifest.task == "classification":
-            correct += int(np.sum(np.argmax(scores, axis=1) == batch.labels))
-        else:
-            nll, tokens = nll + float(np.sum(scores)), tokens + float(batch.loss_mask.sum())
-    if manifest.task == "classification":
-        return {"eval_acc": correct / len(examples)}
-    return {"eval_loss": nll / max(tokens, 1.0)}
+    """The current weights' metrics on `examples` (edge_zo/evaluation.py)."""
+    return evaluation.evaluate(runtime, bind_pending(runtime, state), examples, tokenizer, manifest, batch_size)
 
 
 def bind_pending(runtime: Runtime, state) -> dict | None:

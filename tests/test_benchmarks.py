@@ -104,3 +104,20 @@ def test_quality(dirs, shared_data):
                    check=True, capture_output=True, timeout=120)
     table = (results / "quality.md").read_text().splitlines()
     assert any("| finetune |" in row for row in table) and any("| icl (k=2) |" in row for row in table)
+
+
+@pytest.mark.parametrize("mode", ["zo-bitfit", "bp-all"])
+def test_ceiling(dirs, shared_data, mode):
+    """The probe-room reference: a ZO and a backprop mode from the same fitted probe."""
+    _, results = dirs
+    cmd = [sys.executable, str(REPO / "benchmarks" / "ceiling.py"), "--tiny", "--mode", mode,
+           "--results", str(results)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((results / "ceiling" / f"tiny-sst2-{mode}-lr0.001-s4-seed0.json").read_text())
+    assert [p["step"] for p in report["curve"]] == [0, 2, 4]
+    assert report["curve"][-1]["forwards"] == 4 * (2 if mode.startswith("zo") else 3)
+    assert report["gain"] == report["best"]["test"] - report["curve"][0]["test"]
+    assert report["best"]["dev"] == max(p["dev"] for p in report["curve"])
+    # BitFit trains the vectors and the head only: far fewer than every weight of the encoder
+    assert (report["trained_parameters"] < 3000) == (mode == "zo-bitfit")

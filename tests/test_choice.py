@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from edge_zo import choice
+from edge_zo import choice, evaluation
 from edge_zo.checkpoint import load_latest
 from edge_zo.data import (ChoiceExample, ChoiceLayout, DataError, load_choice, load_tokenizer,
                           make_choice_batch)
@@ -137,7 +137,7 @@ def test_full_rank_probe_scores_agree_with_their_losses(tmp_path):
 def test_evaluation_scores_each_example_by_its_best_candidate(lm):
     rt = Runtime(lm.path)
     tokenizer = load_tokenizer(lm.path)
-    record = choice.evaluate_choice(rt, None, EXAMPLES, tokenizer, lm.manifest, batch_size=2)
+    record = evaluation.evaluate(rt, None, EXAMPLES, tokenizer, lm.manifest, batch_size=2)
     batch = make_choice_batch(EXAMPLES, tokenizer, lm.manifest.max_seq_len, 0)
     feeds = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "loss_mask": batch.loss_mask}
     X = {n: lm.effective(n, w).astype(np.float64) for n, w in lm.weights.items()}
