@@ -28,7 +28,7 @@ from edge_zo.errors import UserError
 from edge_zo.data import Batch, load_choice, load_classification, load_text, load_tokenizer, make_batch
 from edge_zo.memory.guard import Budget, MemoryBudgetExceeded, MemoryGuard
 from edge_zo.metrics import Clock, MetricsLog, plot
-from edge_zo.optim import DivergedError, check_graph, optimizer_for
+from edge_zo.optim import ConfigError, DivergedError, check_graph, optimizer_for
 from edge_zo.rng import Key
 from edge_zo.runconfig import RunConfig
 from edge_zo.stopping import StopFlag, Stopped
@@ -301,8 +301,11 @@ def load_snapshot(ckpt: checkpoint.Checkpoint, runtime: Runtime, config: RunConf
     run's optimizer config (which differs from the saved one after a `--resume` override)."""
     runtime.load_weights({k[2:]: v for k, v in ckpt.arrays.items() if k.startswith("W/")})
     opt_config = config.optimizer_config(runtime.manifest.rank)
-    state = optimizer_for(opt_config).state_cls.from_arrays(
-        {k[4:]: v for k, v in ckpt.arrays.items() if k.startswith("opt/")})
+    try:
+        state = optimizer_for(opt_config).state_cls.from_arrays(
+            {k[4:]: v for k, v in ckpt.arrays.items() if k.startswith("opt/")})
+    except ConfigError as err:
+        raise ConfigError(f"{ckpt.path}: {err}") from None
     return state if state.config == opt_config else dataclasses.replace(state, config=opt_config)
 
 

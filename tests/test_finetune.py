@@ -145,6 +145,48 @@ def test_a_run_started_under_another_noise_stream_is_not_resumed(job, tmp_path):
     assert evaluated.returncode == 0, evaluated.stderr  # its weights are still usable
 
 
+def rewrite_state(run, change) -> None:
+    """Rewrite the newest checkpoint's optimizer state with `change(opt arrays)`, re-marked
+    complete (what an older or newer edge-zo would have written)."""
+    from edge_zo import checkpoint
+    ckpt = load_latest(run / "checkpoints")
+    opt = {k[4:]: v for k, v in ckpt.arrays.items() if k.startswith("opt/")}
+    rest = {k: v for k, v in ckpt.arrays.items() if not k.startswith("opt/")}
+    for path in (run / "checkpoints").glob("ckpt-*"):
+        path.unlink()
+    checkpoint.save(run / "checkpoints", ckpt.step, {**rest, **{f"opt/{k}": v for k, v in change(opt).items()}},
+                    ckpt.meta)
+
+
+def format0(opt: dict) -> dict:
+    """The optimizer state as edge-zo wrote it before STATE_FORMAT (keyed by class names)."""
+    opt = {k: v for k, v in opt.items() if k not in ("__format__", "__optimizer__")}
+    return {**opt, "__state__": np.array("ZoMopiState"), "config_class": np.array("ZoMopiConfig")}
+
+
+def test_optimizer_state_formats(job, tmp_path):
+    """A format-0 checkpoint (before the format version) resumes bit-identically; a format
+    this edge-zo does not know, or another optimizer's state, is refused in one line."""
+    finetune(job, tmp_path / "whole", "--steps", "8", "checkpoint_every=4")
+    shutil.copytree(tmp_path / "whole", tmp_path / "old")
+    for path in (tmp_path / "old" / "checkpoints").glob("ckpt-000000008.*"):
+        path.unlink()  # back to step 4, journal too: resume restores it and runs steps 5-8 live
+    journal = tmp_path / "old" / "journal.jsonl"
+    journal.write_text("".join(line + "\n" for line in journal.read_text().splitlines() if json.loads(line)["step"] < 4))
+    rewrite_state(tmp_path / "old", format0)
+    finetune(job, tmp_path / "old", "--resume")
+    whole, old = final_state(tmp_path / "whole"), final_state(tmp_path / "old")
+    assert int(old["opt/__format__"]) == 1 and str(old["opt/__optimizer__"]) == "zo-mopi"
+    assert all(np.array_equal(whole[k], old[k]) for k in whole if k.startswith(("W/", "opt/")))
+    for change, message in ((lambda opt: {**opt, "__format__": np.array(99)}, "in format 99, which this edge-zo"),
+                            (lambda opt: {**opt, "__format__": np.array(1), "__optimizer__": np.array("zo-muon")},
+                             "holds a zo-muon optimizer state")):
+        rewrite_state(tmp_path / "old", change)
+        result = finetune(job, tmp_path / "old", "--resume", check=False)
+        assert result.returncode == 2 and message in result.stderr and "ckpt-000000008.npz" in result.stderr
+        assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--steps", "0"], "steps=0 must be >= 1"),
     (["optimizer.eta=fast"], "eta='fast': expected a number"),

@@ -30,6 +30,9 @@ from edge_zo.errors import EXIT_DIVERGED, UserError
 from edge_zo.rng import Key
 
 Arrays = dict[str, np.ndarray]
+# How an optimizer state is laid out in a checkpoint (State.to_arrays): 1 names the
+# optimizer by its registry name; 0 (no "__format__") named the state and config classes.
+STATE_FORMAT = 1
 
 
 class ConfigError(UserError):
@@ -166,9 +169,10 @@ class State:
     loss0: float = field(default=math.nan, kw_only=True)
 
     def to_arrays(self) -> Arrays:
-        out: Arrays = {"__state__": np.array(type(self).__name__)}
+        # Named by the registry's optimizer name (stable), not by class names (a rename would
+        # break every resume); STATE_FORMAT says how to read the rest.
+        out: Arrays = {"__format__": np.array(STATE_FORMAT), "__optimizer__": np.array(self.config.name)}
         out["config"] = np.array(json.dumps(dataclasses.asdict(self.config), sort_keys=True))
-        out["config_class"] = np.array(type(self.config).__name__)
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if f.name == "config":
@@ -183,10 +187,7 @@ class State:
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, np.ndarray]):
-        kind = str(arrays["__state__"])
-        if kind != cls.__name__:
-            raise ConfigError(f"checkpoint holds a {kind}, not a {cls.__name__}: resume with the optimizer it was written by")
-        config_cls = _config_class(typing.get_type_hints(cls)["config"], str(arrays["config_class"]))
+        config_cls = _saved_config_class(cls, arrays)
         kwargs = {"config": config_cls(**_tuples(json.loads(str(arrays["config"]))))}
         for f in dataclasses.fields(cls):
             if f.name == "config":
@@ -199,15 +200,37 @@ class State:
         return cls(**kwargs)
 
 
-def _config_class(base: type, name: str) -> type:
-    # The state's declared config class or one of its subclasses (LozoMConfig of LOZO).
-    todo = [base]
+def _saved_config_class(cls: type, arrays: Mapping[str, np.ndarray]) -> type:
+    """The config class a saved state was written with: by its optimizer name (format 1),
+    or by class names (format 0, before 2026-12-05: still read). Another optimizer's
+    state or a format this edge-zo does not know is refused, naming the fix."""
+    fmt = int(arrays["__format__"]) if "__format__" in arrays else 0
+    if fmt > STATE_FORMAT or fmt < 0:
+        raise ConfigError(f"the optimizer state is in format {fmt}, which this edge-zo (formats 0-{STATE_FORMAT}) "
+                          f"cannot read: resume with the edge-zo version that wrote it, or upgrade edge-zo")
+    declared = typing.get_type_hints(cls)["config"]
+    family = _subclasses(declared)
+    if fmt == 0:
+        kind, match = str(arrays["__state__"]), [c for c in family if c.__name__ == str(arrays["config_class"])]
+        if kind != cls.__name__:
+            match = []
+    else:
+        kind = str(arrays["__optimizer__"])
+        match = [c for c in family if c.name == kind]
+    if not match:
+        raise ConfigError(f"the checkpoint holds a {kind} optimizer state, not a {declared.name} one: "
+                          f"resume with the optimizer it was written by")
+    return match[0]
+
+
+def _subclasses(base: type) -> list[type]:
+    # The state's declared config class and its subclasses (LozoMConfig of LOZO).
+    found, todo = [], [base]
     while todo:
         c = todo.pop()
-        if c.__name__ == name:
-            return c
+        found.append(c)
         todo.extend(c.__subclasses__())
-    raise ConfigError(f"checkpoint config {name} is not a {base.__name__}; resume with the optimizer it was written by")
+    return found
 
 
 def _tuples(d: dict) -> dict:
