@@ -22,7 +22,7 @@ import numpy as np
 import psutil
 from tqdm import tqdm
 
-from edge_zo import checkpoint, choice, evaluation, events, linear_probe, notices, runconfig
+from edge_zo import checkpoint, choice, evaluation, events, linear_probe, notices, run_summary, runconfig
 from edge_zo.bundle import read_manifest
 from edge_zo.errors import UserError
 from edge_zo.data import Batch, load_choice, load_classification, load_text, load_tokenizer, make_batch
@@ -102,6 +102,9 @@ def train(config: RunConfig, run_dir: Path, resume: bool, budget: Budget | None,
         config = runconfig.pin_template(config, manifest)  # the default template, named in config.json
         runconfig.save(config, run_dir)
     clock = Clock(progress["train_s"], progress["eval_s"])
+    start = run_summary.summary(config, opt_config, runtime, len(train), len(evals), progress["step"], budget)
+    tqdm.write("\n".join(run_summary.lines(start)))
+    metrics.write(start)
     announce_start(run_dir, metrics, runtime, skipped, progress["step"])
     if len(train) < config.batch_size and not resume:  # BatchSchedule takes what there is
         notices.announce(f"batch_size {config.batch_size} is more than the {len(train)} training examples: "

@@ -145,6 +145,23 @@ def test_a_run_started_under_another_noise_stream_is_not_resumed(job, tmp_path):
     assert evaluated.returncode == 0, evaluated.stderr  # its weights are still usable
 
 
+def test_a_run_opens_with_what_it_trains_and_where(job, tmp_path):
+    """The start lines and record: resolved optimizer values, trained tensors and their
+    parameters, the provider the session got, the data, and the planned peak of a budget."""
+    result = finetune(job, tmp_path / "run", "--steps", "2", "optimizer.eta=0.02", "--memory-budget", "4000")
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    start = next(r for r in records if r["kind"] == "start")
+    manifest = json.loads((job / "bundle" / "manifest.json").read_text())
+    shapes = [m["shape"] for m in manifest["matrices"]]
+    assert start["trained_tensors"] == len(shapes) and start["trained_parameters"] == sum(a * b for a, b in shapes)
+    assert start["optimizer_resolved"]["eta"] == 0.02 and start["optimizer_resolved"]["N"] == 4  # a default, resolved
+    assert start["provider"] == "cpu" and start["train_examples"] == 200 and start["eval_examples"] == 60
+    assert start["budget_mib"] == 4000 and 0 < start["planned_peak_mib"] < 4000
+    out = result.stdout + result.stderr
+    assert f"trains {len(shapes)} tensors" in out and "eta 0.02" in out and "provider cpu" in out
+    assert f"planned peak {start['planned_peak_mib']:.0f} MiB, budget 4000 MiB" in out
+
+
 def rewrite_state(run, change) -> None:
     """Rewrite the newest checkpoint's optimizer state with `change(opt arrays)`, re-marked
     complete (what an older or newer edge-zo would have written)."""

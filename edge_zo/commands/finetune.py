@@ -163,4 +163,5 @@ def check_budget(config, profile_name: str | None, budget_mib: int | None, plan:
         job = plan_job(config, budget.mib, profile.threads if profile else None)  # as the Runtime will
         if not job.fits:
             raise UserError(f"refused before starting: {job.refusal()}; `edge-zo plan` shows the breakdown")
+        budget = dataclasses.replace(budget, planned_peak_mib=job.total_mib)
     return budget

@@ -32,6 +32,7 @@ class Budget:
 
     mib: float
     profile: object = None
+    planned_peak_mib: float | None = None  # the plan's prediction (None: not planned)
 
     @property
     def unified(self) -> bool:
