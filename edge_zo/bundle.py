@@ -45,7 +45,7 @@ import json
 from dataclasses import MISSING, asdict, dataclass, field
 from pathlib import Path
 
-from edge_zo.errors import UserError
+from edge_zo.errors import BundleError
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -58,8 +58,6 @@ PADDING_SIDES = ("right", "left")
 WEIGHT_DATA_KEYS = {"location", "offset", "length"}
 
 
-class BundleError(UserError):
-    """A bundle that cannot be used; the message names the file and what is wrong."""
 
 
 @dataclass

@@ -6,6 +6,7 @@ docs/exit-codes.md lists the codes below with what the user does next; keep the 
 from __future__ import annotations
 
 import errno
+import signal
 from contextlib import contextmanager
 from typing import Callable
 
@@ -30,6 +31,49 @@ class UserError(Exception):
     def __init__(self, message: str, exit_code: int = EXIT_BAD_INPUT):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+# ---- the errors, each with its exit code: every UserError subclass lives here ---------------
+
+class ConfigError(UserError):
+    """A run or optimizer config that cannot run; the message says the fix."""
+
+
+class DataError(UserError):
+    """A data file that cannot be used; the message names the file and line."""
+
+
+class BundleError(UserError):
+    """A bundle that cannot be used; the message names the file and what is wrong."""
+
+
+class DivergedError(UserError):
+    """The loss or the update stopped being finite: stop the run instead of writing NaN."""
+
+    def __init__(self, message: str):
+        super().__init__(message, exit_code=EXIT_DIVERGED)
+
+
+class BusyError(UserError):
+    """Another process holds the run folder; the message names its pid."""
+
+    def __init__(self, message: str):
+        super().__init__(message, exit_code=EXIT_BUSY)
+
+
+class MemoryBudgetExceeded(UserError):
+    """The job's peak reached its budget; a checkpoint was written before this propagates."""
+
+    def __init__(self, message: str):
+        super().__init__(message, exit_code=EXIT_MEMORY)
+
+
+class Stopped(UserError):
+    """The run stopped on a signal (SIGINT or SIGTERM), after writing a checkpoint when it could."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message, exit_code=EXIT_SIGTERM if signum == signal.SIGTERM else EXIT_SIGINT)
+        self.signum = signum
 
 
 class DiskError(UserError):

@@ -103,7 +103,7 @@ def train(config: RunConfig, run_dir: Path, resume: bool, budget: Budget | None,
         runconfig.save(config, run_dir)
     clock = Clock(progress["train_s"], progress["eval_s"])
     start = run_summary.summary(config, opt_config, runtime, len(train), len(evals), progress["step"], budget)
-    tqdm.write("\n".join(run_summary.lines(start)))
+    tqdm.write("\n".join(run_summary.lines(start, opt_config)))
     metrics.write(start)
     announce_start(run_dir, metrics, runtime, skipped, progress["step"])
     if len(train) < config.batch_size and not resume:  # BatchSchedule takes what there is

@@ -25,7 +25,7 @@ import json
 from pathlib import Path
 from typing import Iterator
 
-from edge_zo.errors import UserError
+from edge_zo.errors import DataError
 
 READERS = (".jsonl", ".csv", ".tsv")
 UTF8_BOM = b"\xef\xbb\xbf"
@@ -36,8 +36,6 @@ WIDE_BOMS = {b"\xff\xfe\x00\x00": "UTF-32", b"\x00\x00\xfe\xff": "UTF-32",
 Row = tuple[int, "dict | None", str]
 
 
-class DataError(UserError):
-    """A data file that cannot be used; the message names the file and line."""
 
 
 def read_rows(path: str | Path) -> Iterator[Row]:

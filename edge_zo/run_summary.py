@@ -1,7 +1,8 @@
 """A run's opening lines: what it will train, with what, where, in how much memory.
 
 Printed (and recorded in RUN/metrics.jsonl as a "start" record) once the run's pieces are
-loaded, as nanoGPT prints its config: the resolved optimizer values (defaults included),
+loaded, as nanoGPT prints its config: the resolved optimizer values (defaults included;
+the record keeps those that differ from the optimizer's defaults, config.json all of them),
 the trained tensors and their parameter count, the execution provider the session really
 got (after any fallback) and its threads, the data, and the planned peak against the
 budget when the job has one. config.json holds the whole config; these are the lines a
@@ -22,7 +23,7 @@ def summary(config, opt_config, runtime, train_rows: int, eval_rows: int, step: 
     parameters = sum(math.prod(shape) for shape in runtime.shapes.values())
     return {
         "kind": "start", "step": step, "preset": config.preset, "optimizer": opt_config.name,
-        "optimizer_resolved": dataclasses.asdict(opt_config),
+        "optimizer_changed": _changed(opt_config),  # config.json's optimizer_resolved has every value
         "bundle": Path(config.bundle).name, "graph": runtime.manifest.graph, "rank": runtime.manifest.rank,
         "trained_tensors": len(matrices), "dense_tensors": len(dense), "trained_parameters": parameters,
         "provider": runtime.startup["provider"], "threads": runtime.startup["intra_op_threads"],
@@ -33,9 +34,9 @@ def summary(config, opt_config, runtime, train_rows: int, eval_rows: int, step: 
     }
 
 
-def lines(record: dict) -> list[str]:
-    """The terminal's view of a "start" record."""
-    values = ", ".join(f"{k} {_short(v)}" for k, v in record["optimizer_resolved"].items())
+def lines(record: dict, opt_config) -> list[str]:
+    """The terminal's view of a "start" record, with every optimizer value."""
+    values = ", ".join(f"{k} {_short(v)}" for k, v in dataclasses.asdict(opt_config).items())
     low = record["trained_tensors"] - record["dense_tensors"]
     kind = f"{low} low-rank (r {record['rank']})" if record["graph"] == "lowrank" else f"{low} full-rank"
     out = [f"run: {record['optimizer']} ({record['preset']}) from step {record['step']} of {record['steps']}, "
@@ -50,6 +51,14 @@ def lines(record: dict) -> list[str]:
         plan = f"planned peak {planned:.0f} MiB" if planned is not None else "not planned (--no-plan)"
         out.append(f"  memory: {plan}, budget {record['budget_mib']:.0f} MiB (the guard holds it)")
     return out
+
+
+def _changed(opt_config) -> dict:
+    """The optimizer values that differ from the preset's class defaults (config.json's
+    `optimizer_resolved` holds all of them)."""
+    defaults = type(opt_config)()
+    return {f.name: getattr(opt_config, f.name) for f in dataclasses.fields(opt_config)
+            if getattr(opt_config, f.name) != getattr(defaults, f.name)}
 
 
 def _short(value) -> str:

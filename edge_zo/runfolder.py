@@ -20,7 +20,7 @@ import os
 import shutil
 from pathlib import Path
 
-from edge_zo.errors import EXIT_BUSY, UserError, disk_error
+from edge_zo.errors import BusyError, UserError, disk_error
 from edge_zo.leftovers import remove_temp_files
 
 LOCK_NAME = ".lock"
@@ -83,8 +83,8 @@ class RunFolder:
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise UserError(f"{path} is in use by another edge-zo process (pid {holder}); wait for it "
-                            f"to end or stop it, or choose another folder", exit_code=EXIT_BUSY) from None
+            raise BusyError(f"{path} is in use by another edge-zo process (pid {holder}); wait for it "
+                            f"to end or stop it, or choose another folder") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         remove_temp_files(path)

@@ -14,17 +14,9 @@ import signal
 import threading
 from contextlib import contextmanager
 
-from edge_zo.errors import EXIT_SIGINT, EXIT_SIGTERM, UserError
+from edge_zo.errors import Stopped  # noqa: F401  (defined with every error and exit code)
 
-CODES = {signal.SIGINT: EXIT_SIGINT, signal.SIGTERM: EXIT_SIGTERM}
-
-
-class Stopped(UserError):
-    """The run stopped on a signal after writing a checkpoint."""
-
-    def __init__(self, signum: int, message: str):
-        super().__init__(message, exit_code=CODES[signum])
-        self.signum = signum
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class StopFlag:
@@ -50,7 +42,7 @@ def stop_on_signals():
     if threading.current_thread() is not threading.main_thread():
         yield flag  # only the main thread may set handlers: a library caller's thread keeps its own
         return
-    previous = {sig: signal.signal(sig, flag._handle) for sig in CODES}
+    previous = {sig: signal.signal(sig, flag._handle) for sig in SIGNALS}
     try:
         yield flag
     finally:

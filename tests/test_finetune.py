@@ -154,11 +154,11 @@ def test_a_run_opens_with_what_it_trains_and_where(job, tmp_path):
     manifest = json.loads((job / "bundle" / "manifest.json").read_text())
     shapes = [m["shape"] for m in manifest["matrices"]]
     assert start["trained_tensors"] == len(shapes) and start["trained_parameters"] == sum(a * b for a, b in shapes)
-    assert start["optimizer_resolved"]["eta"] == 0.02 and start["optimizer_resolved"]["N"] == 4  # a default, resolved
+    assert start["optimizer_changed"]["eta"] == 0.02 and "N" not in start["optimizer_changed"]  # N: a default
     assert start["provider"] == "cpu" and start["train_examples"] == 200 and start["eval_examples"] == 60
     assert start["budget_mib"] == 4000 and 0 < start["planned_peak_mib"] < 4000
     out = result.stdout + result.stderr
-    assert f"trains {len(shapes)} tensors" in out and "eta 0.02" in out and "provider cpu" in out
+    assert f"trains {len(shapes)} tensors" in out and "eta 0.02" in out and "N 4," in out and "provider cpu" in out
     assert f"planned peak {start['planned_peak_mib']:.0f} MiB, budget 4000 MiB" in out
 
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import dataclasses
 import json
 from pathlib import Path
 
-from edge_zo.errors import EXIT_SIGINT, UserError, writes_to
+from edge_zo.errors import Stopped, UserError, writes_to
 from edge_zo.templates import registry_help
 
 HELP = "fine-tune a bundle on local data (JSONL, CSV, TSV) with forward passes only"
@@ -79,8 +80,8 @@ def run(args: argparse.Namespace) -> int:
         folder.abandon()
         if not folder.started():
             raise
-        raise UserError(f"interrupted; {folder.path}'s journal keeps every completed step: continue with: "
-                        f"edge-zo finetune --resume {folder.path}", exit_code=EXIT_SIGINT) from None
+        raise Stopped(signal.SIGINT, f"interrupted; {folder.path}'s journal keeps every completed step: "
+                      f"continue with: edge-zo finetune --resume {folder.path}") from None
     except BaseException:
         folder.abandon()
         raise

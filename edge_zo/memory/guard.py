@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import psutil
 
-from edge_zo.errors import EXIT_MEMORY, UserError
+from edge_zo.errors import EXIT_MEMORY, MemoryBudgetExceeded
 
 EXIT_CODE = EXIT_MEMORY  # EX_TEMPFAIL: retry with a bigger budget or a smaller shape
 SOFT = 0.9  # fraction of the budget at which probe slots are lowered
@@ -46,11 +46,6 @@ class Budget:
         return {"profile": self.profile, "mem_limit_mib": limit}
 
 
-class MemoryBudgetExceeded(UserError):
-    """The job's peak reached its budget; a checkpoint was written before this propagates."""
-
-    def __init__(self, message: str):
-        super().__init__(message, exit_code=EXIT_CODE)
 
 
 def peak_rss_mib() -> float:

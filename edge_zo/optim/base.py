@@ -26,7 +26,7 @@ from typing import Mapping, Protocol, Sequence
 
 import numpy as np
 
-from edge_zo.errors import EXIT_DIVERGED, UserError
+from edge_zo.errors import ConfigError, DivergedError  # noqa: F401  (re-exported: the optimizers import them from here)
 from edge_zo.rng import Key
 
 Arrays = dict[str, np.ndarray]
@@ -35,15 +35,6 @@ Arrays = dict[str, np.ndarray]
 STATE_FORMAT = 1
 
 
-class ConfigError(UserError):
-    """An optimizer config that cannot run; the message says the fix."""
-
-
-class DivergedError(UserError):
-    """The loss or the update stopped being finite: stop the run instead of writing NaN."""
-
-    def __init__(self, message: str):
-        super().__init__(message, exit_code=EXIT_DIVERGED)
 
 
 # ----------------------------------------------------------------------------- probes

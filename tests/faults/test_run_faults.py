@@ -311,3 +311,26 @@ def test_every_exit_code_is_in_the_docs_table():
     rows = {line.split("|")[2].strip(" `"): int(line.split("|")[1]) for line in table.splitlines()
             if line.startswith("| ") and line.split("|")[1].strip().isdigit()}
     assert rows == codes
+
+
+def test_exit_codes_are_set_only_by_the_error_classes_of_errors_py():
+    """Every UserError subclass is defined in edge_zo/errors.py with the code the docs give it,
+    and no other module picks an exit code itself."""
+    import re
+    import signal
+    from pathlib import Path
+
+    from edge_zo import errors
+
+    package = Path(errors.__file__).parent
+    elsewhere = [f"{p.relative_to(package)}: {m.group(0)}" for p in package.rglob("*.py") if p.name != "errors.py"
+                 for m in re.finditer(r"exit_code\s*=|class \w+\((?:\w+\.)?UserError\)", p.read_text())]
+    assert elsewhere == []
+    made = {errors.ConfigError("m"): 2, errors.DataError("m"): 2, errors.BundleError("m"): 2,
+            errors.DivergedError("m"): 3, errors.BusyError("m"): 73, errors.DiskError("m"): 74,
+            errors.MemoryBudgetExceeded("m"): 75, errors.Stopped(signal.SIGINT, "m"): 130,
+            errors.Stopped(signal.SIGTERM, "m"): 143}
+    assert [e.exit_code for e in made] == list(made.values())
+    table = (package.parent / "docs" / "exit-codes.md").read_text()
+    for name in ("DivergedError", "BusyError", "DiskError", "MemoryBudgetExceeded", "Stopped"):
+        assert f"`{name}`" in table
