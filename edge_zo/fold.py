@@ -1,12 +1,8 @@
-"""Weight updates on the bound buffers: the low-rank fold and exact full-rank perturbation.
+"""The low-rank fold on the bound buffers (the exact full-rank perturbation is in noise.py).
 
 Fold (low-rank methods): W <- W + A C once per sketch window, on the execution provider,
 by a one-node graph (Gemm computes A C + W without an m x n intermediate, which MatMul +
 Add would allocate) written into a small scratch buffer, then copied into the bound W. fp16 weights add a Cast on each side so the sum is taken in fp32.
-
-Full-rank probes (MeZO, LOREN) perturb W in place. fl(fl(W + d) - d) is not W in general,
-so `perturb` records, per element, the integer distance between the bit patterns of W and
-of the value a plain subtraction would restore; `restore` adds it back. See `perturb`.
 """
 
 from __future__ import annotations
@@ -93,61 +89,3 @@ def startup_check(placement: Placement) -> None:
     folder.run(ort.OrtValue.ortvalue_from_numpy(w, placement.device, placement.device_id), a, b, out)
     if not np.allclose(out, w + a @ b, rtol=1e-4, atol=1e-5):
         raise RuntimeError("the provider's result differs from numpy's")
-
-
-# ---- exact full-rank perturbation ----------------------------------------------------
-
-_BITS = {2: np.int16, 4: np.int32}
-
-
-def perturb(w: np.ndarray, d: np.ndarray):
-    """(fl(W + d), record) such that `restore(fl(W + d), d, record)` is W bit for bit.
-
-    record = (k, where, values): k int8 per element is bits(W) - bits(fl(fl(W+d) - d)),
-    the bit patterns read as integers (wrapping); where k does not fit in int8 (signed
-    zeros, |W| << |d|, overflow to inf) the element is kept verbatim as (int32 index,
-    value). Exact by construction: restore recomputes the same fl(W1 - d) (elementwise
-    IEEE ops are deterministic), and fl(W1 - d) + k is W modulo 2^bits exactly when k
-    fits in int8. Memory: 1 byte per perturbed element (1/4 of fp32 W) + 8 bytes per
-    verbatim element (a few in 10^4 for Gaussian weights perturbed at mu = 1e-3, see the
-    tests). `perturb_inplace` is the same on a block of the bound W, without temporaries.
-    """
-    w1 = w.copy()
-    small = np.empty(w.shape, np.int8)
-    where, values = perturb_inplace(w1, d, small, np.empty_like(w), np.empty_like(w))
-    return w1, (small, where, values)
-
-
-def perturb_inplace(w: np.ndarray, d: np.ndarray, small: np.ndarray, s1: np.ndarray,
-                    s2: np.ndarray, start: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """w <- fl(w + d) in place, small <- k (int8, w's shape), returns the verbatim
-    (where + start, values); s1, s2 are scratch of w's shape and dtype. See `perturb`."""
-    bits = _BITS[w.dtype.itemsize]
-    w1 = np.add(w, d, out=s1)  # fl(W + d)
-    wr = np.subtract(w1, d, out=s2)  # fl(fl(W + d) - d): what restore will compute
-    k = np.subtract(w.view(bits), wr.view(bits), out=wr.view(bits))  # wraps, as restore's add
-    np.copyto(small, k, casting="unsafe")  # low 8 bits
-    where = np.flatnonzero(k != small)  # k does not fit in int8: keep W verbatim there
-    values = w.reshape(-1)[where]  # a copy (fancy indexing), taken before w is overwritten
-    np.copyto(w, w1)
-    return (where + start).astype(np.int32), values
-
-
-def restore(w1: np.ndarray, d: np.ndarray, record) -> np.ndarray:
-    w = w1.copy()
-    restore_inplace(w, d, *record)
-    return w
-
-
-def restore_inplace(w: np.ndarray, d: np.ndarray, small: np.ndarray, where: np.ndarray,
-                    values: np.ndarray, start: int = 0) -> None:
-    """w <- W, the weights `perturb_inplace` saw (where: flat indices into this block + start)."""
-    bits = _BITS[w.dtype.itemsize]
-    np.subtract(w, d, out=w)
-    np.add(w.view(bits), small, out=w.view(bits))  # wraps modulo 2^bits, as in `perturb`
-    if where.size:
-        w.reshape(-1)[where - start] = values
-
-
-def record_nbytes(record) -> int:
-    return sum(part.nbytes for part in record)

@@ -103,7 +103,7 @@ def train(config: RunConfig, run_dir: Path, resume: bool, budget: Budget | None,
         runconfig.save(config, run_dir)
     clock = Clock(progress["train_s"], progress["eval_s"])
     start = run_summary.summary(config, opt_config, runtime, len(train), len(evals), progress["step"], budget)
-    tqdm.write("\n".join(run_summary.lines(start, opt_config)))
+    tqdm.write("\n".join(run_summary.lines(start, opt_config)), file=sys.stderr)  # stdout: the result JSON
     metrics.write(start)
     announce_start(run_dir, metrics, runtime, skipped, progress["step"])
     if len(train) < config.batch_size and not resume:  # BatchSchedule takes what there is
@@ -283,11 +283,9 @@ def evaluate(runtime: Runtime, state, examples, tokenizer, manifest, batch_size:
 
 
 def bind_pending(runtime: Runtime, state) -> dict | None:
-    """The update not yet folded into W (X = W + A C), with its sketch bound; None if none."""
-    if not hasattr(state, "C"):
-        return None
-    runtime.set_sketch(state.sketch_id, state.A)
-    return state.C
+    """The update not yet folded into W (X = W + A C), with its sketch bound; None if none
+    (no state yet, or a method whose updates are all in W)."""
+    return None if state is None else optimizer_for(state.config).pending(state, runtime)
 
 
 # ---- checkpoints, resume and replay ---------------------------------------------------

@@ -9,9 +9,10 @@ optimizer). It owns the bound buffers:
      probes; a full-rank probe's perturbation is undone when W is next needed (`_settle`),
      in one sweep with the next probe or update of the same z when that comes next.
   A  per sketch window (`set_sketch`), D per probe: the only bytes written per query.
-Probes are duck-typed: low-rank ones have `.sketch_id` and `.D` (name -> r x n,
-effective X = W + A D); full-rank ones have `.key`, `.scale`, `.names` (effective
-X = W + scale z(key, name)). Up to `probe_slots` low-rank probes share one `run()`.
+Probes are the types of edge_zo/probes.py, dispatched by type: a `LowRankProbe` has
+`.sketch_id` and `.D` (name -> r x n, effective X = W + A D); a `NoiseProbe` has `.key`,
+`.scale`, `.names` (effective X = W + scale z(key, name)). Up to `probe_slots` low-rank
+probes share one `run()`.
 A dense matrix (manifest `dense`, the linear head) has no A and D: the optimizers see it
 as a flat vector of m·n entries (`shapes`), perturbed by a low-rank probe's `.noise` (one
 probe per run) or a full-rank probe, and updated by `add_noise` / `add`.
@@ -33,8 +34,10 @@ import numpy as np
 import onnxruntime as ort
 
 from edge_zo import fold, loading, noise, rng
+from edge_zo import runtime_inputs as checks
 from edge_zo.bundle import BundleError, read_manifest
 from edge_zo.errors import UserError
+from edge_zo.probes import LowRankProbe, NoiseProbe
 from edge_zo.providers import Buffer, SlotBuffer, open_session, place
 
 
@@ -122,12 +125,12 @@ class Runtime:
     # ---- batch ---------------------------------------------------------------------
     def set_batch(self, input_ids, attention_mask, labels=None, loss_mask=None) -> None:
         """Bind one batch; shapes and dtypes are checked against the bundle, by input name."""
-        ids = _int_matrix("input_ids", input_ids, None, self.manifest.max_seq_len)
-        feeds = {"input_ids": ids, "attention_mask": _int_matrix("attention_mask", attention_mask, ids.shape)}
+        ids = checks.int_matrix("input_ids", input_ids, None, self.manifest.max_seq_len)
+        feeds = {"input_ids": ids, "attention_mask": checks.int_matrix("attention_mask", attention_mask, ids.shape)}
         if self.manifest.task == "classification":
-            feeds["labels"] = _labels(labels, ids.shape[0], len(self.manifest.label_words))
+            feeds["labels"] = checks.labels(labels, ids.shape[0], len(self.manifest.label_words))
         else:
-            feeds["loss_mask"] = _loss_mask(loss_mask, ids.shape)
+            feeds["loss_mask"] = checks.loss_mask(loss_mask, ids.shape)
         dev, dev_id = self.placement.device, self.placement.device_id
         # CPU: zero-copy wrappers (the arrays are kept alive in _batch); CUDA: one copy up.
         values = {k: ort.OrtValue.ortvalue_from_numpy(v, dev, dev_id) for k, v in feeds.items()}
@@ -155,7 +158,7 @@ class Runtime:
         if unknown:
             raise ValueError(f"set_sketch: unknown trained matrices {unknown}")
         for name, a in A.items():
-            self.A[name].write(_shaped(f"A[{name}]", a, self.A[name].shape))
+            self.A[name].write(checks.shaped(f"A[{name}]", a, self.A[name].shape))
         self.sketch_id = sketch_id
 
     def losses(self, probes) -> np.ndarray:
@@ -196,7 +199,7 @@ class Runtime:
         for name, slots in self.D.items():
             for j, D in enumerate(Ds):
                 if D is not None and name in D:
-                    np.copyto(slots.host[j], _shaped(f"D[{name}]", D[name], slots.host.shape[1:]))
+                    np.copyto(slots.host[j], checks.shaped(f"D[{name}]", D[name], slots.host.shape[1:]))
                 else:
                     slots.host[j].fill(0.0)
             slots.push(self.fixed_slots or len(Ds))
@@ -241,15 +244,18 @@ class Runtime:
         (MeZO's -mu after +mu) undoes and perturbs in one sweep, an `add_noise` of the same z
         (the update) undoes and adds in one; anything else restores W bit for bit first.
         """
+        low = probe if isinstance(probe, LowRankProbe) else None
         if self.lowrank:  # D = 0 for a full-rank probe: full-rank methods keep C = 0
-            self._write_slots([getattr(probe, "D", None)], [getattr(probe, "sketch_id", self.sketch_id)])
-            probe = getattr(probe, "noise", probe)
+            self._write_slots([low.D if low else None], [low.sketch_id if low else self.sketch_id])
+        probe = low.noise if low else probe
+        if not isinstance(probe, NoiseProbe):
+            raise TypeError(f"a probe that moves W is a NoiseProbe (or a LowRankProbe with one), not {probe!r}")
         names = self._names(probe.names)
-        offsets = getattr(probe, "offset", None) or {}
+        offsets = probe.offset or {}
         if set(offsets) - set(names):
             raise ValueError(f"offsets for {sorted(set(offsets) - set(names))}, which the probe does not perturb")
         # LOREN's anisotropic shift: a last-dimension vector added to every row of z
-        shifts = [None if offsets.get(n) is None else _shaped(f"offset[{n}]", offsets[n], self.shapes[n][-1:])
+        shifts = [None if offsets.get(n) is None else checks.shaped(f"offset[{n}]", offsets[n], self.shapes[n][-1:])
                   for n in names]
         self._perturb(_Perturbation(probe.key, names, shifts, probe.scale))
         try:
@@ -300,7 +306,7 @@ class Runtime:
         for name in self._names(delta):
             shape = self.shapes[name]
             d = np.asarray(delta[name], dtype=np.float32)
-            noise.add(self._target(name), _shaped(f"delta[{name}]", d, shape[-1:] if d.ndim == 1 else shape))
+            noise.add(self._target(name), checks.shaped(f"delta[{name}]", d, shape[-1:] if d.ndim == 1 else shape))
 
     # ---- weights -------------------------------------------------------------------
     def fold(self, C: dict[str, np.ndarray]) -> None:
@@ -312,7 +318,7 @@ class Runtime:
                 raise ValueError(f"fold: unknown trained matrix {name!r}")
             m, n = self.shapes[name]
             self.folder.fold(self.W[name], self.A[name].host,
-                             _shaped(f"C[{name}]", c, (self.manifest.rank, n)), self.matrices[name].layout)
+                             checks.shaped(f"C[{name}]", c, (self.manifest.rank, n)), self.matrices[name].layout)
 
     def scores(self, C: dict[str, np.ndarray] | None = None) -> np.ndarray:
         """Label scores of the current weights (W + A C with the bound A when C is given).
@@ -360,7 +366,7 @@ class Runtime:
                 raise UserError(f"{self.bundle_dir}: the weights for {name!r} do not fit this bundle's model "
                                 "(it now holds another model than they were trained on); use the bundle "
                                 "they were trained on")
-            self.W[name].write(_shaped(f"W[{name}]", arr, self.W[name].shape, self.W[name].dtype))
+            self.W[name].write(checks.shaped(f"W[{name}]", arr, self.W[name].shape, self.W[name].dtype))
 
 
 @dataclass(frozen=True, eq=False)
@@ -384,51 +390,9 @@ class _Perturbation:
 
 def _shares_runs(probe) -> bool:
     """Low-rank probes share runs; one that also moves dense W (`.noise`) runs alone."""
-    return hasattr(probe, "D") and getattr(probe, "noise", None) is None
+    return isinstance(probe, LowRankProbe) and probe.noise is None
 
 
 def _require_lowrank(rt: Runtime, what: str) -> None:
     if not rt.lowrank:
         raise UserError(f"{what} needs a low-rank bundle; {rt.bundle_dir} holds a {rt.manifest.graph} graph")
-
-
-def _shaped(what: str, arr, shape, dtype=np.float32) -> np.ndarray:
-    arr = np.asarray(arr)
-    if arr.shape != tuple(shape):
-        raise ValueError(f"{what} has shape {list(arr.shape)}, expected {list(shape)}")
-    return arr.astype(dtype, copy=False)
-
-
-def _int_matrix(name: str, arr, shape=None, max_len: int | None = None) -> np.ndarray:
-    arr = np.asarray(arr)
-    if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.integer):
-        raise UserError(f"batch input {name!r}: expected a 2-D integer array [batch, sequence], "
-                        f"got {arr.dtype} {list(arr.shape)}")
-    if shape is not None and arr.shape != shape:
-        raise UserError(f"batch input {name!r} has shape {list(arr.shape)}, input_ids has {list(shape)}")
-    if max_len is not None and not 1 <= arr.shape[1] <= max_len:
-        raise UserError(f"batch input {name!r}: sequence length {arr.shape[1]} is outside 1..{max_len}, "
-                        "the bundle's max_seq_len")
-    if arr.shape[0] < 1:
-        raise UserError(f"batch input {name!r} is empty")
-    return np.ascontiguousarray(arr, dtype=np.int64)
-
-
-def _labels(labels, batch: int, classes: int) -> np.ndarray:
-    if labels is None:
-        raise UserError("batch input 'labels' is required for a classification bundle")
-    arr = np.asarray(labels)
-    if arr.shape != (batch,) or not np.issubdtype(arr.dtype, np.integer):
-        raise UserError(f"batch input 'labels': expected {batch} integers, got {arr.dtype} {list(arr.shape)}")
-    if arr.size and (arr.min() < 0 or arr.max() >= classes):
-        raise UserError(f"batch input 'labels': values must be label indices 0..{classes - 1}")
-    return np.ascontiguousarray(arr, dtype=np.int64)
-
-
-def _loss_mask(mask, shape) -> np.ndarray:
-    if mask is None:
-        raise UserError("batch input 'loss_mask' is required for a causal-lm bundle")
-    arr = np.asarray(mask)
-    if arr.shape != shape:
-        raise UserError(f"batch input 'loss_mask' has shape {list(arr.shape)}, input_ids has {list(shape)}")
-    return np.ascontiguousarray(arr, dtype=np.float32)

@@ -20,7 +20,8 @@ from typing import Sequence
 
 import numpy as np
 
-from edge_zo.optim.base import ConfigError, LowRankProbe, NoiseProbe, Oracle, State, guard
+from edge_zo.optim.base import ConfigError, State, guard
+from edge_zo.probes import LowRankProbe, NoiseProbe, Oracle
 from edge_zo.rng import Key, tensor_noise
 
 BASELINE = 0  # sign of the unperturbed probe of the forward estimator

@@ -44,7 +44,8 @@ from typing import ClassVar, Mapping
 
 import numpy as np
 
-from edge_zo.optim.base import DivergedError, NoiseProbe, State, StepInfo, guard
+from edge_zo.optim.base import DivergedError, State, StepInfo, guard
+from edge_zo.probes import NoiseProbe
 from edge_zo.optim.configs import CommonConfig, opt, require
 from edge_zo.optim.estimate import probe_key, select
 from edge_zo.optim.schedule import eta_at

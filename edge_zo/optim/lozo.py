@@ -22,7 +22,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from edge_zo.optim.base import LowRankProbe, State, StepInfo
+from edge_zo.optim.base import State, StepInfo
+from edge_zo.probes import LowRankProbe
 from edge_zo.optim.configs import LowRankConfig, opt, require
 from edge_zo.optim.estimate import evaluate, one_d_noise, one_d_update, probe_plan, select
 from edge_zo.optim.schedule import eta_at

@@ -24,7 +24,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
-from edge_zo.optim.base import NoiseProbe, State, StepInfo
+from edge_zo.optim.base import State, StepInfo
+from edge_zo.probes import NoiseProbe
 from edge_zo.optim.configs import CommonConfig, opt, require
 from edge_zo.optim.estimate import evaluate, probe_key, probe_plan, select
 from edge_zo.optim.schedule import eta_at

@@ -12,10 +12,18 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
-from edge_zo.optim import loren, lozo, mezo, zo_mopi, zo_muon
+from edge_zo.optim import loren, lozo, mezo, sketch, zo_mopi, zo_muon
 from edge_zo.optim.base import ConfigError
 from edge_zo.optim.configs import make_config, parse_overrides
-from edge_zo.optim.sketch import flush
+
+
+def nothing_pending(state, oracle) -> None:
+    """Methods whose every update is already in W (no pending A C)."""
+    return None
+
+
+def nothing_to_flush(state, oracle):
+    return state
 
 
 class Optimizer(NamedTuple):
@@ -26,7 +34,9 @@ class Optimizer(NamedTuple):
     state_cls: type
     init: Callable  # init(shapes, config, key) -> state
     step: Callable  # step(state, oracle, key) -> (state, StepInfo)
-    flush: Callable = flush  # flush(state, oracle) -> state: fold pending updates into W
+    flush: Callable = nothing_to_flush  # flush(state, oracle) -> state: fold pending updates into W
+    # pending(state, oracle) -> C or None: the update not yet in W, its sketch bound (evaluations)
+    pending: Callable = nothing_pending
     # memory_bytes(shapes, config) -> int: state bytes kept between steps (None: not written
     # yet; base.state_bytes measures a built state)
     memory_bytes: Callable | None = None
@@ -37,8 +47,10 @@ class Optimizer(NamedTuple):
 
 
 OPTIMIZERS: dict[str, Optimizer] = {
-    "zo-mopi": Optimizer("zo-mopi", zo_mopi.ZoMopiConfig, zo_mopi.ZoMopiState, zo_mopi.init, zo_mopi.step),
-    "zo-muon": Optimizer("zo-muon", zo_muon.ZoMuonConfig, zo_muon.ZoMuonState, zo_muon.init, zo_muon.step),
+    "zo-mopi": Optimizer("zo-mopi", zo_mopi.ZoMopiConfig, zo_mopi.ZoMopiState, zo_mopi.init, zo_mopi.step,
+                         flush=sketch.flush, pending=sketch.pending),
+    "zo-muon": Optimizer("zo-muon", zo_muon.ZoMuonConfig, zo_muon.ZoMuonState, zo_muon.init, zo_muon.step,
+                         flush=sketch.flush, pending=sketch.pending),
     "lozo": Optimizer("lozo", lozo.LozoConfig, lozo.LozoState, lozo.init, lozo.step),
     "lozo-m": Optimizer("lozo-m", lozo.LozoMConfig, lozo.LozoState, lozo.init, lozo.step),
     "mezo": Optimizer("mezo", mezo.MezoConfig, mezo.MezoState, mezo.init, mezo.step, lowrank_only=False),

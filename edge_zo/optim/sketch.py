@@ -15,7 +15,8 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from edge_zo.optim.base import Oracle, State
+from edge_zo.optim.base import State
+from edge_zo.probes import Oracle
 from edge_zo.rng import Key, orthonormal
 
 
@@ -65,10 +66,13 @@ def bind_and_refresh(oracle: Oracle, state, draw: Callable[[], dict]):
     return state.sketch_id + 1, A, zeros_like(state.C), True
 
 
+def pending(state, oracle: Oracle) -> dict:
+    """The update not yet folded into W (X = W + A C), with its sketch bound in the oracle."""
+    oracle.set_sketch(state.sketch_id, state.A)
+    return state.C
+
+
 def flush(state, oracle: Oracle):
     """Fold the pending update into the runtime's weights (before deploy or export)."""
-    if not hasattr(state, "C"):
-        return state
-    oracle.set_sketch(state.sketch_id, state.A)
-    oracle.fold(state.C)
+    oracle.fold(pending(state, oracle))
     return dataclasses.replace(state, C=zeros_like(state.C))

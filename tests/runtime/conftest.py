@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pytest
 
+from edge_zo.probes import LowRankProbe  # noqa: F401  (the tests import the probe types from here)
+from edge_zo.probes import NoiseProbe as FullRankProbe  # noqa: F401
+
 from . import fixtures
-
-
-@dataclass
-class LowRankProbe:
-    sketch_id: int
-    D: dict
-
-
-@dataclass
-class FullRankProbe:
-    key: object
-    scale: float
-    names: tuple | None = None
-    offset: dict | None = None
 
 
 @pytest.fixture(scope="module")

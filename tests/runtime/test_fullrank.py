@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_zo import fold, noise, rng
+from edge_zo import noise, rng
 from edge_zo.providers import Buffer
 from edge_zo.rng import Key, tensor_noise
 from edge_zo.runtime import Runtime
@@ -35,8 +35,8 @@ def test_perturb_then_restore_is_bit_exact_on_adversarial_values(dtype, scale):
     d = (scale * rng.standard_normal(w.size)).astype(dtype)
     d[:50] = np.where(np.arange(50) % 2, w[:50], -w[:50])  # cancellation to exact zero, and doubling
     with np.errstate(over="ignore", invalid="ignore"):
-        w1, record = fold.perturb(w.copy(), d)
-        back = fold.restore(w1, d, record)
+        w1, record = noise.exact_perturb(w.copy(), d)
+        back = noise.exact_restore(w1, d, record)
     assert np.array_equal(back.view(np.uint8), w.view(np.uint8))  # bits, so -0.0 != 0.0
 
 
@@ -44,12 +44,12 @@ def test_naive_restore_is_not_exact_but_the_record_is_small():
     rng = np.random.default_rng(2)
     w = (0.02 * rng.standard_normal(1_000_000)).astype(np.float32)
     d = (1e-3 * rng.standard_normal(w.size)).astype(np.float32)
-    w1, record = fold.perturb(w, d)
+    w1, record = noise.exact_perturb(w, d)
     assert not np.array_equal(w1 - d, w)  # the problem the record solves
-    assert np.array_equal(fold.restore(w1, d, record), w)
+    assert np.array_equal(noise.exact_restore(w1, d, record), w)
     verbatim = record[1].size / w.size
     assert verbatim < 1e-3, verbatim
-    assert fold.record_nbytes(record) < 0.26 * w.nbytes  # int8 per element + the verbatim few
+    assert noise.record_nbytes(record) < 0.26 * w.nbytes  # int8 per element + the verbatim few
 
 
 def _fullrank(tmp_path):
@@ -158,10 +158,10 @@ def test_block_perturb_is_w_plus_d_and_restores_bit_exactly(layout, dtype, zero_
     t = _target(w0.copy(), (m, n), layout, zero_copy)
     key, offset = Key.root(7), np.linspace(-1, 1, n).astype(np.float32)
     stream = rng.noise_stream(key, "W")
-    (record,) = noise.perturb([t], [stream], 1e-3, [offset])
+    (record,) = noise.exact_perturb([t], [stream], 1e-3, [offset])
     d = _reference_d(key, (m, n), (m, n), layout, 1e-3, offset, dtype)
     assert np.array_equal(t.buf.read(), w0 + d)  # the same fl(W + d) as whole-tensor numpy
-    assert record[1].size >= 2 and fold.record_nbytes(record) < w0.size + 64  # ~1 byte an element
+    assert record[1].size >= 2 and noise.record_nbytes(record) < w0.size + 64  # ~1 byte an element
     noise.restore([t], [stream], 1e-3, [offset], [record])
     assert t.buf.read().tobytes() == w0.tobytes()
 
@@ -195,7 +195,7 @@ def test_a_failing_block_leaves_w_as_it_was(monkeypatch, failing):
 
     monkeypatch.setattr(rng, "fill_block", flaky)
     with pytest.raises(MemoryError):
-        noise.perturb(ts, streams, 1e-3, [None] * 3)
+        noise.exact_perturb(ts, streams, 1e-3, [None] * 3)
     monkeypatch.setattr(rng, "fill_block", real)
     for t, want in zip(ts, (w0, w0, w0.T)):
         assert t.buf.read().tobytes() == want.tobytes()
@@ -207,7 +207,7 @@ def test_a_failing_sweep_leaves_w_unperturbed(monkeypatch, fail_in):
     w0 = np.random.default_rng(3).standard_normal((3, rng.BLOCK)).astype(np.float32)
     t = _target(w0.copy(), w0.shape, "out_in")
     stream = rng.noise_stream(Key.root(10), "W")
-    records = noise.perturb([t], [stream], 1e-3, [None]) if fail_in == "undo+perturb" else None
+    records = noise.exact_perturb([t], [stream], 1e-3, [None]) if fail_in == "undo+perturb" else None
     op = noise.Sweep(undo=1e-3 if records else None, perturb=-1e-3)
     real, failed = rng.fill_block, []
 

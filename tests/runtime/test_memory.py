@@ -31,10 +31,9 @@ CHILD = textwrap.dedent("""
     rng = np.random.default_rng(0)
     A = {n: rng.standard_normal((m, 4), dtype=np.float32) for n, (m, _) in rt.shapes.items()}
     rt.set_sketch(0, A)
-    class Probe:
-        sketch_id = 0
-        def __init__(self):
-            self.D = {n: rng.standard_normal((4, k), dtype=np.float32) * 1e-3 for n, (_, k) in rt.shapes.items()}
+    from edge_zo.probes import LowRankProbe
+    def Probe():
+        return LowRankProbe(0, {n: rng.standard_normal((4, k), dtype=np.float32) * 1e-3 for n, (_, k) in rt.shapes.items()})
     rt.losses([Probe() for _ in range(4)])
     probed = proc.memory_info().rss
     peak_probe = peak_rss()
