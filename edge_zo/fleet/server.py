@@ -104,7 +104,9 @@ class FleetServer:
             empty = 0
             self.record(t, contributions)
         self.journal.close()
-        return {"steps": self.step, "clients": sorted(self.known), **self.sizes}
+        summary = {"steps": self.step, "clients": sorted(self.known), **self.sizes, **wire_means(self.folder)}
+        checkpoint.atomic_write(self.folder / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+        return summary
 
     def greet(self, transport: Transport, nodes: list[int]) -> None:
         """First contact: the fleet's config down, each node's step (and model size) up."""
@@ -162,3 +164,16 @@ class FleetServer:
             record.update(down_bytes=max(down), up_bytes=max(up) if up else 0)
         with open(self.folder / "wire.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
+
+
+def wire_means(folder: Path) -> dict:
+    """Bytes per round per client, down and up, over the rounds that measured them (the
+    largest client's message: a round's own; a catch-up round carries more losses)."""
+    path = folder / "wire.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    measured = [r for r in records if "down_bytes" in r]
+    if not measured:
+        return {}
+    return {"down_bytes_per_round": sum(r["down_bytes"] for r in measured) / len(measured),
+            "up_bytes_per_round": sum(r["up_bytes"] for r in measured) / len(measured),
+            "rounds_measured": len(measured)}
