@@ -13,6 +13,7 @@ step from where it is: catch-up is replay of the server's journal, never weights
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,7 +52,7 @@ class ClientSettings:
     def run_config(self, fleet: wire.Fleet) -> RunConfig:
         """This replica as a finetune run: the fleet's seed, optimizer and steps, local rest.
         No linear probe: a head fitted on one device's data would differ on every replica."""
-        return RunConfig(bundle=self.bundle, data=self.data, template=self.template, preset=fleet.preset,
+        return RunConfig(bundle=os.path.expanduser(self.bundle), data=os.path.expanduser(self.data), template=self.template, preset=fleet.preset,
                          optimizer=dict(fleet.optimizer), steps=fleet.steps, batch_size=self.batch_size,
                          eval_every=0, checkpoint_every=self.checkpoint_every, seed=fleet.seed,
                          provider=self.provider, threads=self.threads, linear_probe="off")
@@ -61,7 +62,7 @@ class FleetClient:
     """One replica; `hello` and `round` answer the server's two kinds of message."""
 
     def __init__(self, settings: ClientSettings):
-        self.settings, self.folder = settings, Path(settings.folder)
+        self.settings, self.folder = settings, Path(settings.folder).expanduser()
         self.fleet: wire.Fleet | None = None
         self.pending: tuple[int, list[str]] | None = None  # (step probed, its calls before losses)
 

@@ -24,15 +24,16 @@ from flwr.clientapp import ClientApp
 from flwr.common.serde import message_to_proto
 from flwr.serverapp import Grid, ServerApp
 
+from edge_zo.errors import UserError
 from edge_zo.fleet import wire
 from edge_zo.fleet.client import ClientSettings, FleetClient
 from edge_zo.fleet.local import handle
 from edge_zo.fleet.server import FleetServer
 
-SERVER_DEFAULTS: dict[str, Any] = {"out": "fleet-server", "seed": 0, "preset": "mezo", "optimizer": "",
+SERVER_DEFAULTS: dict[str, Any] = {"out": "~/edge-zo-fleet/server", "seed": 0, "preset": "mezo", "optimizer": "",
                                    "steps": 100, "min-clients": 2, "round-timeout": 600.0, "wait-clients": 600.0}
-CLIENT_DEFAULTS: dict[str, Any] = {"bundle": "", "data": "", "folder": "fleet-client-{node-id}", "batch-size": 16,
-                                   "checkpoint-every": 100, "threads": 0, "provider": "cpu", "template": ""}
+CLIENT_DEFAULTS: dict[str, Any] = {"bundle": "", "data": "", "folder": "~/edge-zo-fleet/replica", "batch-size": 16,
+                                   "checkpoint-every": 10, "threads": 0, "provider": "cpu", "template": ""}
 KINDS = {"hello": MessageType.QUERY, "round": MessageType.TRAIN}
 
 
@@ -110,6 +111,10 @@ _REPLICAS: dict[str, FleetClient] = {}  # per process: folder -> its replica, ke
 
 
 def _replica(s: dict[str, Any]) -> FleetClient:
+    missing = [key for key in ("bundle", "data") if not s[key]]
+    if missing:
+        raise UserError(f"this SuperNode has no {' or '.join(missing)}: start it with "
+                        "--node-config 'bundle=\"DIR\" data=\"FILE\" folder=\"DIR\"' (docs/fleet.md)")
     settings = ClientSettings(bundle=s["bundle"], data=s["data"], folder=s["folder"], batch_size=int(s["batch-size"]),
                               checkpoint_every=int(s["checkpoint-every"]), threads=int(s["threads"]),
                               provider=s["provider"], template=s["template"])
@@ -121,7 +126,12 @@ def _replica(s: dict[str, Any]) -> FleetClient:
 
 def _answer(kind: str, message: Message, context: Context, defaults: dict[str, Any]) -> Message:
     s = settings_of(context, {**CLIENT_DEFAULTS, **defaults})
-    reply = handle(_replica(s), kind, dict(message.content["fleet"]))
+    try:
+        client = _replica(s)
+    except UserError as err:
+        client, reply = None, {"error": str(err)}
+    if client is not None:
+        reply = handle(client, kind, dict(message.content["fleet"]))
     if "error" in reply:
         return Message(RecordDict({"error": ConfigRecord(reply)}), reply_to=message)
     return Message(RecordDict({"fleet": MetricRecord(reply)}), reply_to=message)

@@ -51,7 +51,7 @@ class FleetServer:
 
     def __init__(self, folder: str | Path, fleet: wire.Fleet, max_empty_rounds: int = 3,
                  say: Callable[[str], None] = _stderr):
-        self.folder, self.fleet, self.say = Path(folder), fleet, say
+        self.folder, self.fleet, self.say = Path(folder).expanduser(), fleet, say
         self.max_empty_rounds = max_empty_rounds
         self.folder.mkdir(parents=True, exist_ok=True)
         self._check_fleet()
