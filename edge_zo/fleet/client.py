@@ -21,6 +21,7 @@ import numpy as np
 
 from edge_zo import checkpoint, choice, runconfig
 from edge_zo.bundle import read_manifest
+from edge_zo.bundle_hash import fingerprint
 from edge_zo.data import load_tokenizer
 from edge_zo.errors import UserError
 from edge_zo.fleet import wire
@@ -127,7 +128,9 @@ class FleetClient:
     def hello(self, payload: dict) -> dict:
         """First contact: take the fleet config, say where this replica is and what it weighs."""
         self.open(payload.get("fleet"))
-        return {"step": self.step, **sizes(self.runtime.shapes)}
+        # the bundle's fingerprint as an int (Flower's MetricRecord holds numbers only)
+        return {"step": self.step, "bundle_id": int(fingerprint(self.config.bundle)[:15], 16),
+                **sizes(self.runtime.shapes)}
 
     def round(self, payload: dict) -> dict:
         """Apply the steps sent, then probe step `payload["step"]` (none on the last round)."""

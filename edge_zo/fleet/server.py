@@ -59,6 +59,7 @@ class FleetServer:
         self.history = self._read_history()
         self.known: dict[int, int] = {}  # node -> the step it has reached (steps before it applied)
         self.sizes: dict = {}  # the replicas' weights and LoRA sizes, from the first hello
+        self.refused: set[int] = set()  # nodes of another model or run: not greeted again
 
     def _check_fleet(self) -> None:
         path = self.folder / FLEET_NAME
@@ -115,18 +116,30 @@ class FleetServer:
             reply = replies.get(node)
             if reply is None or "error" in reply:
                 self.say(f"node {node} left out: {reply['error'] if reply else 'no answer to hello'}")
+            elif not self._same_bundle(int(reply.get("bundle_id", -1))):
+                self.say(f"node {node} left out: its bundle is not the fleet's (another model or export; "
+                         "every device needs the same bundle folder)")
+                self.refused.add(node)
             elif int(reply["step"]) > self.step:
                 self.say(f"node {node} left out: its replica is at step {reply['step']}, past this server's "
                          f"journal ({self.step} steps): it belongs to another run of the fleet")
+                self.refused.add(node)
             else:
                 self.known[node] = int(reply["step"])
                 if not self.sizes:
                     self.sizes = {k: int(reply[k]) for k in ("weights_bytes", "lora_bytes") if k in reply}
 
+    def _same_bundle(self, bundle_id: int) -> bool:
+        """The first device's bundle is the fleet's (kept in the folder across restarts)."""
+        path = self.folder / "bundle_id"
+        if not path.is_file():
+            checkpoint.atomic_write(path, str(bundle_id).encode())
+        return int(path.read_text()) == bundle_id
+
     def round(self, transport: Transport, t: int) -> dict[int, dict]:
         """Round t: every known node gets what it lacks and step t's key; returns the probes."""
         nodes = list(transport.nodes())
-        self.greet(transport, [n for n in nodes if n not in self.known])
+        self.greet(transport, [n for n in nodes if n not in self.known and n not in self.refused])
         payloads = {n: wire.round_payload(self.fleet.seed, t, self.known[n], self.history)
                     for n in nodes if n in self.known}
         replies = transport.exchange("round", payloads)

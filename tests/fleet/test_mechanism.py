@@ -15,6 +15,8 @@ from edge_zo.loop import train
 from edge_zo.runtime import Runtime
 from edge_zo.stopping import StopFlag
 
+from runtime.fixtures import build
+
 from .conftest import FLEETS, assert_same, fleet_of, replica, settings
 
 
@@ -110,3 +112,16 @@ def test_server_goes_on_from_its_journal(tmp_path, bundles, shards, method):
     assert [e["clients"] for e in journal(tmp_path / "b" / "server")] == [3, 3, 3, 4, 4]
     for node in (1, 2, 3, 4):
         assert_same(reference, replica(transport.clients[node]))
+
+
+def test_a_device_with_another_bundle_is_left_out(tmp_path, bundles, shards):
+    graph, fleet = FLEETS["mezo"]
+    other = tmp_path / "other-bundle"
+    build(other, graph=graph, max_seq_len=16, seed=1)  # same architecture, other weights
+    said = []
+    server, transport = fleet_of(tmp_path, bundles[graph], shards[:2], fleet, say=said.append)
+    transport.clients[3] = FleetClient(settings(other, shards[2], tmp_path / "client-3"))
+    server.run(transport)
+    assert sorted(server.known) == [1, 2]
+    assert sum("node 3 left out: its bundle is not the fleet's" in m for m in said) == 1  # said once
+    assert all(e["clients"] == 2 for e in journal(tmp_path / "server"))
