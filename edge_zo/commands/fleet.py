@@ -38,6 +38,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="steps between each replica's checkpoints (a ClientApp process that starts afresh "
                              "replays the steps after the newest one)")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads per device")
+    parser.add_argument("--profile", default="", help="device profile (see `edge-zo profiles`): its memory budget "
+                        "holds each device's replica, guarded as in a finetune job")
+    parser.add_argument("--memory-budget", type=int, default=0, metavar="MiB",
+                        help="memory budget per device in MiB (overrides the profile's; 0: the profile's or none)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="optimizer settings, e.g. eta=1e-3 N=2")
 
 
@@ -52,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
     out = args.out.resolve()
     server = {"out": str(out / "server"), "seed": args.seed, "preset": args.optimizer, "optimizer": overrides,
               "steps": args.steps, "min-clients": args.clients}
-    client = {"batch-size": args.batch_size, "checkpoint-every": args.checkpoint_every, "threads": args.threads}
+    client = {"batch-size": args.batch_size, "checkpoint-every": args.checkpoint_every, "threads": args.threads,
+              "profile": args.profile, "memory-budget": args.memory_budget}
     if args.app:
         path = write_app(args.app, server, client)
         print(f"wrote {path}: start flower-superlink and a flower-supernode per device, then `flwr run {args.app} "

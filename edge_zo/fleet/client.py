@@ -27,6 +27,7 @@ from edge_zo.errors import UserError
 from edge_zo.fleet import wire
 from edge_zo.fleet.oracles import ApplyOracle, Collected, ProbeOracle
 from edge_zo.loop import BatchSchedule, load_examples, replay, restore, snapshot, template_for
+from edge_zo.memory.guard import MemoryBudgetExceeded, MemoryGuard
 from edge_zo.metrics import Clock
 from edge_zo.optim import check_graph, optimizer_for
 from edge_zo.rng import Key
@@ -49,6 +50,17 @@ class ClientSettings:
     threads: int = 0
     provider: str = "cpu"
     template: str = ""
+    profile: str = ""  # a device profile (edge-zo profiles): its memory budget holds this replica
+    memory_budget: int = 0  # MiB, over the profile's; 0: the profile's, or no budget without one
+
+    def budget(self):
+        """The replica's memory Budget, as `finetune --profile / --memory-budget` makes it."""
+        from edge_zo.memory.guard import Budget
+        from edge_zo.memory.profiles import load_profile
+        profile = load_profile(self.profile) if self.profile else None
+        if not (profile or self.memory_budget):
+            return None
+        return Budget(self.memory_budget or profile.budget_mib, profile)
 
     def run_config(self, fleet: wire.Fleet) -> RunConfig:
         """This replica as a finetune run: the fleet's seed, optimizer and steps, local rest.
@@ -100,7 +112,10 @@ class FleetClient:
         tokenizer = load_tokenizer(config.bundle, manifest)
         template = template_for(config, manifest)
         train = load_examples(config, config.data, manifest, template)
-        self.runtime = Runtime(config.bundle, provider=config.provider, threads=config.threads or None)
+        budget = self.settings.budget()
+        self.runtime = Runtime(config.bundle, provider=config.provider, threads=config.threads or None,
+                               **(budget.runtime_options() if budget else {}))
+        self.guard = MemoryGuard(budget, self.runtime, self.folder)
         self.opt, self.root = optimizer_for(opt_config), Key.root(config.seed)
         self.batches = BatchSchedule(train, config, tokenizer, manifest)
         self.journal = checkpoint.Journal(self.folder / "journal.jsonl")
@@ -154,6 +169,12 @@ class FleetClient:
     def probe(self, t: int) -> tuple[np.ndarray, int]:
         """This device's losses of step t's probes on its own minibatch; no update."""
         batch = self.batches.at(t)
+        try:  # as in a finetune job: near the budget fewer probe slots a call, at it no step
+            self.guard.check(t)
+        except MemoryBudgetExceeded:
+            raise UserError(f"memory budget {self.guard.budget.mib:.0f} MiB reached on this device (peak "
+                            f"{self.guard.peak:.0f} MiB before step {t + 1}): it sits out the fleet's rounds; "
+                            "restart it with a larger memory-budget or a smaller batch-size") from None
         self.runtime.set_batch(batch.input_ids, batch.attention_mask, batch.labels, batch.loss_mask)
         oracle = ProbeOracle(choice.oracle_for(self.runtime, batch))
         try:

@@ -33,7 +33,8 @@ from edge_zo.fleet.server import FleetServer
 SERVER_DEFAULTS: dict[str, Any] = {"out": "~/edge-zo-fleet/server", "seed": 0, "preset": "mezo", "optimizer": "",
                                    "steps": 100, "min-clients": 2, "round-timeout": 600.0, "wait-clients": 600.0}
 CLIENT_DEFAULTS: dict[str, Any] = {"bundle": "", "data": "", "folder": "~/edge-zo-fleet/replica", "batch-size": 16,
-                                   "checkpoint-every": 10, "threads": 0, "provider": "cpu", "template": ""}
+                                   "checkpoint-every": 10, "threads": 0, "provider": "cpu", "template": "",
+                                   "profile": "", "memory-budget": 0}
 KINDS = {"hello": MessageType.QUERY, "round": MessageType.TRAIN}
 
 
@@ -117,7 +118,8 @@ def _replica(s: dict[str, Any]) -> FleetClient:
                         "--node-config 'bundle=\"DIR\" data=\"FILE\" folder=\"DIR\"' (docs/fleet.md)")
     settings = ClientSettings(bundle=s["bundle"], data=s["data"], folder=s["folder"], batch_size=int(s["batch-size"]),
                               checkpoint_every=int(s["checkpoint-every"]), threads=int(s["threads"]),
-                              provider=s["provider"], template=s["template"])
+                              provider=s["provider"], template=s["template"], profile=s["profile"],
+                              memory_budget=int(s["memory-budget"]))
     client = _REPLICAS.get(settings.folder)
     if client is None or client.settings != settings:
         client = _REPLICAS[settings.folder] = FleetClient(settings)

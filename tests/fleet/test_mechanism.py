@@ -3,6 +3,7 @@ late and crashed clients catch up by replay, the server goes on from its journal
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -125,3 +126,14 @@ def test_a_device_with_another_bundle_is_left_out(tmp_path, bundles, shards):
     assert sorted(server.known) == [1, 2]
     assert sum("node 3 left out: its bundle is not the fleet's" in m for m in said) == 1  # said once
     assert all(e["clients"] == 2 for e in journal(tmp_path / "server"))
+
+
+def test_a_device_over_its_memory_budget_sits_out(tmp_path, bundles, shards):
+    graph, fleet = FLEETS["mezo"]
+    said = []
+    server, transport = fleet_of(tmp_path, bundles[graph], shards[:3], fleet, say=said.append)
+    transport.clients[3] = FleetClient(dataclasses.replace(transport.clients[3].settings, memory_budget=1))
+    server.run(transport)
+    assert all(e["clients"] == 2 for e in journal(tmp_path / "server"))
+    assert any("node 3 left out: memory budget 1 MiB reached on this device" in m for m in said)
+    assert_same(replica(transport.clients[1]), replica(transport.clients[2]))
