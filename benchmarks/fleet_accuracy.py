@@ -86,7 +86,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--optimizer", default="mezo")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--work", type=Path, default=None)
+    p.add_argument("--work", type=Path, default=None, help="folder for the slices and runs (default: a new temp one)")
+    p.add_argument("--out", type=Path, default=None, help="the JSON (default: benchmarks/results/)")
     p.add_argument("overrides", nargs="*", default=["eta=1e-2", "mu=1e-2"])
     args = p.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="edge-zo-fleet-acc-"))
@@ -106,7 +107,7 @@ def main() -> None:
                            "pooled": pooled[0].progress["forward_passes"], "alone": alone[0].progress["forward_passes"]},
               "fleet": accuracy(fleet[0], str(args.test)), "pooled": accuracy(pooled[0], str(args.test)),
               "alone": [accuracy(c, str(args.test)) for c in alone], "loadavg": [load, os.getloadavg()]}
-    out = REPO / "benchmarks" / "results" / f"fleet_accuracy{'-tiny' if args.tiny else ''}.json"
+    out = args.out or REPO / "benchmarks" / "results" / f"fleet_accuracy{'-tiny' if args.tiny else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
