@@ -58,10 +58,12 @@ class FlowerTransport:
         self.rounds = 0
 
     def nodes(self) -> list[int]:
-        """The connected nodes, once `min_clients` are (or `wait_clients` seconds have passed)."""
+        """The connected nodes, once `min_clients` are before the first round (later rounds:
+        one), or once `wait_clients` seconds have passed; later rounds go on with who is there."""
         deadline = time.monotonic() + self.wait_clients
+        needed = self.min_clients if self.rounds == 0 else 1
         nodes = list(self.grid.get_node_ids())
-        while len(nodes) < self.min_clients and time.monotonic() < deadline:
+        while len(nodes) < needed and time.monotonic() < deadline:
             time.sleep(0.5)
             nodes = list(self.grid.get_node_ids())
         return nodes
