@@ -21,6 +21,13 @@ FLEETS = {  # optimizer settings per graph: zo-mopi redraws its sketch (a fold) 
     "zo-mopi": ("lowrank", wire.Fleet(seed=3, preset="zo-mopi", optimizer={"eta": "1e-2", "nu": "2", "k": "2"},
                                       steps=5)),
 }
+# every other optimizer, in the fleet-of-one test only (one losses call a step, like these two)
+OTHERS = {
+    "zo-muon": ("lowrank", wire.Fleet(seed=3, preset="zo-muon", optimizer={"eta": "1e-2", "nu": "2"},
+                                      steps=5)),
+    "lozo": ("lowrank", wire.Fleet(seed=3, preset="lozo", optimizer={"eta": "1e-2", "nu": "2"}, steps=5)),
+    "loren": ("fullrank", wire.Fleet(seed=3, preset="loren", optimizer={"eta": "1e-2"}, steps=5)),
+}
 
 
 def rows(share: float, n: int, seed: int) -> list[dict]:

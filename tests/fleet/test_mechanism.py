@@ -18,7 +18,7 @@ from edge_zo.stopping import StopFlag
 
 from runtime.fixtures import build
 
-from .conftest import FLEETS, assert_same, fleet_of, replica, settings
+from .conftest import FLEETS, OTHERS, assert_same, fleet_of, replica, settings
 
 
 @pytest.fixture(params=sorted(FLEETS))
@@ -51,9 +51,10 @@ def test_replicas_stay_bit_identical(tmp_path, bundles, shards, method):
         assert load_latest(tmp_path / f"client-{node}" / "checkpoints").step == fleet.steps
 
 
+@pytest.mark.parametrize("method", [*FLEETS, *OTHERS])
 def test_fleet_of_one_is_a_finetune_run(tmp_path, bundles, shards, method):
     """The probe/apply split changes nothing: one client's fleet == finetune, bit for bit."""
-    graph, fleet = FLEETS[method]
+    graph, fleet = {**FLEETS, **OTHERS}[method]
     server, transport = fleet_of(tmp_path, bundles[graph], shards[:1], fleet)
     server.run(transport)
     config = settings(bundles[graph], shards[0], tmp_path / "run").run_config(fleet)
