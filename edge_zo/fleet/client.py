@@ -77,7 +77,7 @@ class FleetClient:
     def __init__(self, settings: ClientSettings):
         self.settings, self.folder = settings, Path(settings.folder).expanduser()
         self.fleet: wire.Fleet | None = None
-        self.pending: tuple[int, list[str]] | None = None  # (step probed, its calls before losses)
+        self.pending: tuple | None = None  # (step probed, its calls before losses, losses, examples)
 
     # ---- opening: the folder's fleet, checkpoint and journal --------------------------------
 
@@ -167,7 +167,11 @@ class FleetClient:
     # ---- the two halves of a step (edge_zo/fleet/oracles.py) --------------------------------
 
     def probe(self, t: int) -> tuple[np.ndarray, int]:
-        """This device's losses of step t's probes on its own minibatch; no update."""
+        """This device's losses of step t's probes on its own minibatch; no update. Asked
+        again (a round no device answered is run again), the same losses: the step's first
+        calls (a fold) are already on this runtime and must not be made twice."""
+        if self.pending and self.pending[0] == t:
+            return self.pending[2], self.pending[3]
         batch = self.batches.at(t)
         try:  # as in a finetune job: near the budget fewer probe slots a call, at it no step
             self.guard.check(t)
@@ -183,7 +187,7 @@ class FleetClient:
             pass
         if oracle.losses_seen is None:
             raise UserError(f"{self.config.preset} finished step {t} without asking for losses: it cannot run in a fleet")
-        self.pending = (t, oracle.calls)
+        self.pending = (t, oracle.calls, oracle.losses_seen, len(batch.input_ids))
         return oracle.losses_seen, len(batch.input_ids)
 
     def apply(self, j: int, losses: list[float]) -> None:

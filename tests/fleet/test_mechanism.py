@@ -138,3 +138,21 @@ def test_a_device_over_its_memory_budget_sits_out(tmp_path, bundles, shards):
     assert all(e["clients"] == 2 for e in journal(tmp_path / "server"))
     assert any("node 3 left out: memory budget 1 MiB reached on this device" in m for m in said)
     assert_same(replica(transport.clients[1]), replica(transport.clients[2]))
+
+
+def test_a_round_nobody_answered_is_run_again_without_harm(tmp_path, bundles, shards, method):
+    """Step 2 is a redraw (a fold before the probes) for zo-mopi: probing it twice on one
+    runtime must not fold twice."""
+    graph, fleet = FLEETS[method]
+    server, transport = fleet_of(tmp_path / "a", bundles[graph], shards, fleet)
+    server.run(transport)
+    reference = replica(transport.clients[1])
+    server, transport = fleet_of(tmp_path / "b", bundles[graph], shards, fleet)
+    for t in range(2):
+        server.record(t, server.round(transport, t))
+    transport.silent.update(transport.clients)
+    assert server.round(transport, 2) == {}  # every answer lost: step 2 is not recorded
+    transport.silent.clear()
+    server.run(transport)
+    for node in (1, 2, 3, 4):
+        assert_same(reference, replica(transport.clients[node]))
