@@ -104,7 +104,8 @@ def main() -> None:
     result = {"clients": k, "fleet_steps": S, "single_steps": k * S, "optimizer": args.optimizer,
               "overrides": args.overrides, "batch_size": args.batch_size,
               "forwards": {"fleet": sum(c.progress["forward_passes"] for c in fleet),
-                           "pooled": pooled[0].progress["forward_passes"], "alone": alone[0].progress["forward_passes"]},
+                           "pooled": pooled[0].progress["forward_passes"],
+                           "alone": alone[0].progress["forward_passes"]},
               "fleet": accuracy(fleet[0], str(args.test)), "pooled": accuracy(pooled[0], str(args.test)),
               "alone": [accuracy(c, str(args.test)) for c in alone], "loadavg": [load, os.getloadavg()]}
     out = args.out or REPO / "benchmarks" / "results" / f"fleet_accuracy{'-tiny' if args.tiny else ''}.json"

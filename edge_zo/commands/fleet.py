@@ -89,7 +89,8 @@ def simulate(args: argparse.Namespace, out: Path, server: dict, client: dict) ->
 
     server_app = flower.server_app({**server, "wait-clients": 120.0})
     client_app = flower.client_app({**client, "bundle": str(Path(args.bundle).resolve()),
-                                    "data": str(Path(args.data).resolve()), "folder": str(out / "client-{partition-id}")})
+                                    "data": str(Path(args.data).resolve()),
+                                    "folder": str(out / "client-{partition-id}")})
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     run_simulation(server_app, client_app, num_supernodes=args.clients,
                    backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},

@@ -65,9 +65,9 @@ class ClientSettings:
     def run_config(self, fleet: wire.Fleet) -> RunConfig:
         """This replica as a finetune run: the fleet's seed, optimizer and steps, local rest.
         No linear probe: a head fitted on one device's data would differ on every replica."""
-        return RunConfig(bundle=os.path.expanduser(self.bundle), data=os.path.expanduser(self.data), template=self.template, preset=fleet.preset,
-                         optimizer=dict(fleet.optimizer), steps=fleet.steps, batch_size=self.batch_size,
-                         eval_every=0, checkpoint_every=self.checkpoint_every, seed=fleet.seed,
+        return RunConfig(bundle=os.path.expanduser(self.bundle), data=os.path.expanduser(self.data),
+                         template=self.template, preset=fleet.preset, optimizer=dict(fleet.optimizer),
+                         steps=fleet.steps, batch_size=self.batch_size, eval_every=0, checkpoint_every=self.checkpoint_every, seed=fleet.seed,
                          provider=self.provider, threads=self.threads, linear_probe="off")
 
 
@@ -186,7 +186,8 @@ class FleetClient:
         except Collected:
             pass
         if oracle.losses_seen is None:
-            raise UserError(f"{self.config.preset} finished step {t} without asking for losses: it cannot run in a fleet")
+            raise UserError(f"{self.config.preset} finished step {t} without asking for losses: "
+                            "it cannot run in a fleet")
         self.pending = (t, oracle.calls, oracle.losses_seen, len(batch.input_ids))
         return oracle.losses_seen, len(batch.input_ids)
 
@@ -194,7 +195,8 @@ class FleetClient:
         """Step j with the fleet's losses; journaled (fsynced) before it counts."""
         done = self.pending[1] if self.pending and self.pending[0] == j else []
         self.pending = None
-        self.state, info = self.opt.step(self.state, ApplyOracle(self.runtime, losses, done), self.root.child("step", j))
+        oracle = ApplyOracle(self.runtime, losses, done)
+        self.state, info = self.opt.step(self.state, oracle, self.root.child("step", j))
         self.journal.append({"step": j, "losses": info.losses.tolist()})
         self.progress["step"] = j + 1
         self.progress["forward_passes"] += info.forward_passes
