@@ -73,13 +73,18 @@ class FlowerTransport:
         messages = {node: Message(RecordDict({"fleet": ConfigRecord(payload)}), dst_node_id=node,
                                   message_type=KINDS[kind], group_id=f"{kind}-{self.rounds}")
                     for node, payload in payloads.items()}
-        down = {node: message_to_proto(m).ByteSize() for node, m in messages.items()}
         replies, self.sizes = {}, {}
         if not messages:
             return replies
-        for reply in self.grid.send_and_receive(list(messages.values()), timeout=self.round_timeout):
-            node = reply.metadata.src_node_id
-            self.sizes[node] = (down[node], message_to_proto(reply).ByteSize())
+        answers = self.grid.send_and_receive(list(messages.values()), timeout=self.round_timeout)
+        # sent messages carry their ids now; a reply names the one it answers (an error
+        # reply for an unreachable node comes from the SuperLink, not from that node)
+        sent = {m.metadata.message_id: node for node, m in messages.items()}
+        for reply in answers:
+            node = sent.get(reply.metadata.reply_to_message_id)
+            if node is None:
+                continue
+            self.sizes[node] = (message_to_proto(messages[node]).ByteSize(), message_to_proto(reply).ByteSize())
             replies[node] = _unpack(reply)
         return replies
 
