@@ -91,6 +91,7 @@ def simulate(args: argparse.Namespace, out: Path, server: dict, client: dict) ->
     client_app = flower.client_app({**client, "bundle": str(Path(args.bundle).resolve()),
                                     "data": str(Path(args.data).resolve()),
                                     "folder": str(out / "client-{partition-id}")})
+    (out / "server" / "summary.json").unlink(missing_ok=True)  # written again once the last round is done
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     run_simulation(server_app, client_app, num_supernodes=args.clients,
                    backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
