@@ -26,6 +26,7 @@ COMMANDS = {
     "eval": "edge_zo.commands.evaluate",
     "deploy": "edge_zo.commands.deploy",
     "predict": "edge_zo.commands.predict",
+    "fleet": "edge_zo.commands.fleet",
 }
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from edge_zo.cli import COMMANDS, build_parser
 
-SUBCOMMANDS = ["export", "plan", "finetune", "eval", "deploy", "predict", "profiles"]
+SUBCOMMANDS = ["export", "plan", "finetune", "eval", "deploy", "predict", "profiles", "fleet"]
 
 
 def edge_zo(*args: str) -> subprocess.CompletedProcess:

@@ -38,7 +38,11 @@ def test_every_edge_zo_module_imports_without_torch():
         import importlib, pkgutil, edge_zo
         names = [m.name for m in pkgutil.walk_packages(edge_zo.__path__, "edge_zo.")]
         for name in names:
-            importlib.import_module(name)
+            try:
+                importlib.import_module(name)
+            except ModuleNotFoundError as err:  # an optional extra's module (edge_zo.fleet.flower: [fleet])
+                if err.name.split(".")[0] != "flwr":
+                    raise
         assert "torch" not in sys.modules
         print(len(names))
     """)
