@@ -8,6 +8,9 @@ each matrix's relative Frobenius error ‖ΔW − B·A‖ / ‖ΔW‖ is recorde
 edge_zo_model.json (`adapter.matrices.NAME.rel_error`): 0 means the adapter is exact.
 
 `apply(weights, folder)` adds the adapter back onto base weights (docs/deploy.md). numpy only.
+
+`absorb` is the fold of a quantized bundle (export --weights): the base is frozen, so
+W + A C becomes U V + A C, kept at rank R (docs/design.md "Quantized base weights").
 """
 
 from __future__ import annotations
@@ -30,6 +33,26 @@ def factor(delta: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray, float]
     norm = float(np.linalg.norm(S))
     error = float(np.linalg.norm(S[r:])) / norm if norm > 0 else 0.0  # ‖ΔW − BA‖_F from the tail
     return B.astype(np.float32), A.astype(np.float32), error
+
+
+def absorb(U: np.ndarray, V: np.ndarray, A: np.ndarray, C: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """(U', V', relative error): U' V' is the best rank-R approximation (R = U's columns) of
+    U V + A C, for U [m, R], V [R, n], A [m, r], C [r, n]; exact while the sum has rank <= R.
+
+    Thin QR of both stacked factors, SVD of the small (R + r) square core: O((m + n)(R + r)^2),
+    never an m x n matrix. float64 inside, deterministic (resume replays it bit for bit).
+    """
+    rank = U.shape[1]
+    left = np.concatenate([U, A], axis=1).astype(np.float64)
+    right = np.concatenate([V, C], axis=0).astype(np.float64)
+    Ql, Rl = np.linalg.qr(left)
+    Qr, Rr = np.linalg.qr(right.T)
+    P, S, Qt = np.linalg.svd(Rl @ Rr.T)
+    new_u = (Ql @ P[:, :rank]) * S[:rank]
+    new_v = (Qr @ Qt[:rank].T).T
+    norm = float(np.linalg.norm(S))
+    error = float(np.linalg.norm(S[rank:])) / norm if norm > 0 else 0.0
+    return new_u.astype(np.float32), new_v.astype(np.float32), error
 
 
 def out_in(array: np.ndarray, layout: str) -> np.ndarray:

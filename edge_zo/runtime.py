@@ -9,6 +9,9 @@ optimizer). It owns the bound buffers:
      probes; a full-rank probe's perturbation is undone when W is next needed (`_settle`),
      in one sweep with the next probe or update of the same z when that comes next.
   A  per sketch window (`set_sketch`), D per probe: the only bytes written per query.
+  U, V  a quantized bundle's adapter (manifest `weights` int8/int4): its low-rank matrices'
+     W is frozen in the graph, and `fold` absorbs A C into U V at rank R (adapter.absorb);
+     `export_weights` / `load_weights` carry them as "NAME::U" / "NAME::V".
 Probes are duck-typed: low-rank ones have `.sketch_id` and `.D` (name -> r x n,
 effective X = W + A D); full-rank ones have `.key`, `.scale`, `.names` (effective
 X = W + scale z(key, name)). Up to `probe_slots` low-rank probes share one `run()`.
@@ -98,6 +101,15 @@ class Runtime:
                 self.A[name] = Buffer(np.zeros((m, r), np.float32), dev, dev_id, counter=self.bytes_written)
                 self.binding.bind_ortvalue_input(self.matrices[name].inputs["A"], self.A[name].value)
                 self.D[name] = SlotBuffer((self.manifest.probe_slots, r, n), dev, dev_id, self.bytes_written)
+        self.adapter: dict[str, Buffer] = {}  # graph input "NAME::U" / "NAME::V" -> its buffer
+        self.adapter_error = 0.0  # the largest relative error a fold's compression to rank R made
+        for name, mat in self.matrices.items():
+            if "U" in mat.inputs:
+                (m, n), R = mat.shape, self.manifest.adapter_rank
+                for role, shape in (("U", (m, R)), ("V", (R, n))):
+                    buf = Buffer(np.zeros(shape, np.float32), dev, dev_id, counter=self.bytes_written)
+                    self.adapter[mat.inputs[role]] = buf
+                    self.binding.bind_ortvalue_input(mat.inputs[role], buf.value)
         self.folder = fold.Folder(self.placement, self.manifest.matrices[0].dtype, threads=self.threads)
         self.sketch_id = None
         self._pending: _Perturbation | None = None  # a full-rank probe's, until W is needed
@@ -311,8 +323,20 @@ class Runtime:
             if name not in self.A:
                 raise ValueError(f"fold: unknown trained matrix {name!r}")
             m, n = self.shapes[name]
-            self.folder.fold(self.W[name], self.A[name].host,
-                             _shaped(f"C[{name}]", c, (self.manifest.rank, n)), self.matrices[name].layout)
+            c = _shaped(f"C[{name}]", c, (self.manifest.rank, n))
+            if name not in self.W:  # a frozen quantized base: the update goes into its adapter
+                self._absorb(name, c)
+                continue
+            self.folder.fold(self.W[name], self.A[name].host, c, self.matrices[name].layout)
+
+    def _absorb(self, name: str, c: np.ndarray) -> None:
+        """U V <- rank-R cut of U V + A C (edge_zo/adapter.py), on the host."""
+        from edge_zo.adapter import absorb
+        U, V = (self.adapter[self.matrices[name].inputs[role]] for role in ("U", "V"))
+        new_u, new_v, error = absorb(U.read(), V.read(), self.A[name].host, c)
+        U.write(new_u)
+        V.write(new_v)
+        self.adapter_error = max(self.adapter_error, error)
 
     def scores(self, C: dict[str, np.ndarray] | None = None) -> np.ndarray:
         """Label scores of the current weights (W + A C with the bound A when C is given).
@@ -343,7 +367,7 @@ class Runtime:
         """
         self._settle()
         out = {}
-        for name, buf in self.W.items():
+        for name, buf in {**self.W, **self.adapter}.items():
             arr = buf.read()
             if copy or not buf.zero_copy:
                 out[name] = np.array(arr, copy=True)
@@ -355,12 +379,13 @@ class Runtime:
     def load_weights(self, weights: dict[str, np.ndarray]) -> None:
         """Replace W (a checkpoint's `export_weights`); shapes must match the bundle."""
         self._settle()
+        buffers = {**self.W, **self.adapter}
         for name, arr in weights.items():
-            if name not in self.W or tuple(np.shape(arr)) != tuple(self.W[name].shape):
+            if name not in buffers or tuple(np.shape(arr)) != tuple(buffers[name].shape):
                 raise UserError(f"{self.bundle_dir}: the weights for {name!r} do not fit this bundle's model "
                                 "(it now holds another model than they were trained on); use the bundle "
                                 "they were trained on")
-            self.W[name].write(_shaped(f"W[{name}]", arr, self.W[name].shape, self.W[name].dtype))
+            buffers[name].write(_shaped(f"W[{name}]", arr, buffers[name].shape, buffers[name].dtype))
 
 
 @dataclass(frozen=True, eq=False)

@@ -1,0 +1,270 @@
+"""Quantized base weights: rewrite a training graph so each trained W is a frozen int8 / 4-bit initializer.
+
+Each low-rank trained matrix's base product x·Wᵀ (the exporter writes Transpose(W) -> MatMul,
+or MatMul(x, W) for GPT-2's in x out Conv1D) is replaced by one node on quantized bytes; the
+probe path (x·D[p]ᵀ)·Aᵀ is left fp32 and untouched. Forms (benchmarks/quantized.py measured
+them side by side, docs/design.md "Quantized base weights"):
+
+  int8      com.microsoft DynamicQuantizeMatMul: x quantized per call (uint8), W int8 per output
+            channel, integer MatMul (VNNI on x86). The fastest int8 form measured.
+  int8-dq   DequantizeLinear(W int8) -> MatMul: weight-only; onnxruntime dequantizes each run.
+  int4      com.microsoft MatMulNBits bits=4, blocks of 32 along the input axis, symmetric
+            (zero point 8), accuracy_level 4 (int8 activations inside the kernel).
+  int8-nbits  the same kernel with bits=8 (zero point 128).
+
+Dense matrices (the linear head) keep their fp32 W input. Quantization is symmetric, so
+dequantize(quantize(W)) is W to within half a step: per output channel max|W_j| / 127 for
+int8, per block max|w| / 7 for int4.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+FORMS = ("int8", "int8-dq", "int4", "int8-nbits")
+BLOCK = 32  # MatMulNBits block along K: onnxruntime's default, and what its own quantizer writes
+MS_DOMAIN = "com.microsoft"
+ADAPTER_FACTOR = 4  # default adapter rank R = 4 r: four folds before compression truncates
+# Export check: |loss - fp32 graph's loss| <= tolerance x max(|loss|, 1) at zero update. A wrong
+# rewrite (transposed or mis-scaled W) is off by O(1); MiniLM measured <= TODO.
+QUANT_TOLERANCE = {"int8": 0.1, "int4": 0.1}
+
+
+@dataclass
+class Target:
+    """One trained matrix's base weight to quantize: graph input name, stored values, layout."""
+
+    name: str
+    weight: np.ndarray  # stored layout: [m, n] for "out_in", [n, m] for "in_out"
+    layout: str
+
+    @property
+    def k_by_n(self) -> np.ndarray:
+        """W as a MatMul's right operand: [in, out]."""
+        w = np.asarray(self.weight, np.float32)
+        return w.T if self.layout == "out_in" else w
+
+
+def quantize_int8(b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(q int8 [K, N], scale float32 [N]): symmetric, one scale per output column."""
+    amax = np.abs(b).max(axis=0)
+    scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+    q = np.clip(np.rint(b / scale), -127, 127).astype(np.int8)
+    return q, scale
+
+
+def dequantize_int8(q: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    return q.astype(np.float32) * scale
+
+
+def quantize_blocks(b: np.ndarray, bits: int, block: int = BLOCK) -> tuple[np.ndarray, np.ndarray]:
+    """MatMulNBits operands of B [K, N]: (packed uint8 [N, blocks, block·bits/8], scales
+    float32 [N, blocks]); symmetric, the default zero point 2^(bits-1); K padded with zeros."""
+    k, n = b.shape
+    blocks = -(-k // block)
+    padded = np.zeros((blocks * block, n), np.float32)
+    padded[:k] = b
+    w = padded.T.reshape(n, blocks, block)
+    top = 2 ** (bits - 1) - 1
+    amax = np.abs(w).max(axis=2)
+    scale = np.where(amax > 0, amax / top, 1.0).astype(np.float32)
+    q = (np.clip(np.rint(w / scale[..., None]), -top, top) + top + 1).astype(np.uint8)
+    if bits == 4:  # two per byte, the even element in the low nibble
+        q = q[..., 0::2] | (q[..., 1::2] << 4)
+    return q, scale
+
+
+def dequantize_blocks(packed: np.ndarray, scale: np.ndarray, k: int, bits: int) -> np.ndarray:
+    """B [K, N] from `quantize_blocks`' operands (what the kernel multiplies by)."""
+    q = packed.astype(np.int16)
+    if bits == 4:
+        q = np.stack([q & 15, q >> 4], axis=-1).reshape(*q.shape[:2], -1)
+    w = (q - 2 ** (bits - 1)) * scale[..., None]
+    return w.reshape(w.shape[0], -1)[:, :k].T.astype(np.float32)
+
+
+def dequantized(target: Target, form: str) -> np.ndarray:
+    """What the quantized graph computes with instead of W, in W's stored layout."""
+    b = target.k_by_n
+    if form in ("int8", "int8-dq"):
+        out = dequantize_int8(*quantize_int8(b))
+    else:
+        bits = 4 if form == "int4" else 8
+        out = dequantize_blocks(*quantize_blocks(b, bits), b.shape[0], bits)
+    return out.T if target.layout == "out_in" else out
+
+
+def quantize_graph(model: onnx.ModelProto, targets: list[Target], form: str,
+                   adapter_rank: int = 0) -> onnx.ModelProto:
+    """`model` with each target's W input replaced by quantized initializers (in place).
+
+    adapter_rank R > 0 adds the trained update's place: inputs `NAME::U` float32 [m, R] and
+    `NAME::V` float32 [R, n] (out x in, like A and C), y = x·deq(W)ᵀ + (x·Vᵀ)·Uᵀ.
+    """
+    if form not in FORMS:
+        raise ValueError(f"form {form!r} is not one of {FORMS}")
+    graph = model.graph
+    for target in targets:
+        matmul, operand = _base_matmul(graph, target)
+        x, y = matmul.input[0], matmul.output[0]
+        base = f"{target.name}::q.y" if adapter_rank else y
+        new_nodes, inits = _quantized_nodes(target, form, x, base)
+        if adapter_rank:
+            new_nodes += _adapter_nodes(graph, target, x, base, y, adapter_rank)
+        position = list(graph.node).index(matmul)
+        graph.node.remove(matmul)
+        for offset, node in enumerate(new_nodes):
+            graph.node.insert(position + offset, node)
+        graph.initializer.extend(inits)
+        if operand is not None:  # the Transpose(W) feeding it
+            graph.node.remove(operand)
+        _drop_input(graph, target.name)
+    if not any(op.domain == MS_DOMAIN for op in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    return model
+
+
+def _base_matmul(graph, target: Target):
+    """(the MatMul computing x·Wᵀ, the Transpose node between W and it or None)."""
+    users = [node for node in graph.node if target.name in node.input]
+    if len(users) == 1 and users[0].op_type == "MatMul" and target.layout == "in_out":
+        return users[0], None
+    if len(users) == 1 and users[0].op_type == "Transpose" and target.layout == "out_in":
+        transposed = users[0].output[0]
+        matmuls = [node for node in graph.node if transposed in node.input]
+        if len(matmuls) == 1 and matmuls[0].op_type == "MatMul" and matmuls[0].input[1] == transposed:
+            return matmuls[0], users[0]
+    raise ValueError(f"{target.name}: the graph does not use it as Transpose -> MatMul "
+                     f"({[n.op_type for n in users]}); re-export with this edge-zo")
+
+
+def _quantized_nodes(target: Target, form: str, x: str, y: str):
+    """(nodes computing y = x·Wᵀ from quantized W, their initializers)."""
+    b = target.k_by_n
+    k, n = b.shape
+    prefix = f"{target.name}::q"
+    if form in ("int8", "int8-dq"):
+        q, scale = quantize_int8(b)
+        inits = [numpy_helper.from_array(q, f"{prefix}"), numpy_helper.from_array(scale, f"{prefix}.scale"),
+                 numpy_helper.from_array(np.zeros(n, np.int8), f"{prefix}.zero")]
+        if form == "int8":
+            return [helper.make_node("DynamicQuantizeMatMul", [x, prefix, f"{prefix}.scale", f"{prefix}.zero"],
+                                     [y], domain=MS_DOMAIN, name=f"{prefix}.matmul")], inits
+        return [helper.make_node("DequantizeLinear", [prefix, f"{prefix}.scale", f"{prefix}.zero"],
+                                 [f"{prefix}.w"], axis=1, name=f"{prefix}.dq"),
+                helper.make_node("MatMul", [x, f"{prefix}.w"], [y], name=f"{prefix}.matmul")], inits
+    bits = 4 if form == "int4" else 8
+    packed, scale = quantize_blocks(b, bits)
+    inits = [numpy_helper.from_array(packed, prefix), numpy_helper.from_array(scale.reshape(-1), f"{prefix}.scale")]
+    node = helper.make_node("MatMulNBits", [x, prefix, f"{prefix}.scale"], [y], domain=MS_DOMAIN,
+                            name=f"{prefix}.matmul", K=k, N=n, bits=bits, block_size=BLOCK, accuracy_level=4)
+    return [node], inits
+
+
+def adapter_inputs(name: str) -> dict[str, str]:
+    """Graph input names of one matrix's adapter factors."""
+    return {"U": f"{name}::U", "V": f"{name}::V"}
+
+
+def _adapter_nodes(graph, target: Target, x: str, base: str, y: str, rank: int) -> list:
+    """y = base + (x·Vᵀ)·Uᵀ, with U [m, R] and V [R, n] new graph inputs."""
+    m, n = target.k_by_n.shape[::-1]
+    names = adapter_inputs(target.name)
+    graph.input.extend([helper.make_tensor_value_info(names["U"], onnx.TensorProto.FLOAT, [m, rank]),
+                        helper.make_tensor_value_info(names["V"], onnx.TensorProto.FLOAT, [rank, n])])
+    p = f"{target.name}::adapter"
+    return [helper.make_node("Transpose", [names["V"]], [f"{p}.vt"], perm=[1, 0], name=f"{p}.vt"),
+            helper.make_node("MatMul", [x, f"{p}.vt"], [f"{p}.low"], name=f"{p}.low"),
+            helper.make_node("Transpose", [names["U"]], [f"{p}.ut"], perm=[1, 0], name=f"{p}.ut"),
+            helper.make_node("MatMul", [f"{p}.low", f"{p}.ut"], [f"{p}.delta"], name=f"{p}.delta"),
+            helper.make_node("Add", [base, f"{p}.delta"], [y], name=f"{p}.add")]
+
+
+def _drop_input(graph, name: str) -> None:
+    for value in list(graph.input):
+        if value.name == name:
+            graph.input.remove(value)
+
+
+# ---- the bundle step of `edge-zo export --weights int8|int4` ----------------------------
+
+def validate(opts) -> None:
+    """Refuse option combinations a quantized base does not support; fill the default R."""
+    from edge_zo.errors import UserError
+    if opts.graph != "lowrank":
+        raise UserError(f"--weights {opts.weights} needs --graph lowrank: a quantized base is frozen, "
+                        "so only the low-rank methods' adapter can hold the update; drop --graph fullrank")
+    if opts.dtype != "fp32":
+        raise UserError(f"--weights {opts.weights} quantizes fp32 weights; drop --dtype {opts.dtype}")
+    if opts.adapter_rank is None:
+        opts.adapter_rank = ADAPTER_FACTOR * opts.rank
+    if opts.adapter_rank < opts.rank:
+        raise UserError(f"--adapter-rank {opts.adapter_rank} must be at least --rank {opts.rank}: "
+                        "one fold adds a rank-r update")
+
+
+def quantize_bundle(folder, manifest, form: str, adapter_rank: int, batch: dict | None):
+    """Rewrite a finished fp32 low-rank bundle in `folder` to a quantized base; return its manifest.
+
+    The graph is re-saved with fresh external data (the appended fp32 W go), the dense
+    matrices' W are appended again, and with `batch` the new graph's loss at U = V = A = D = 0
+    must agree with the fp32 graph's within QUANT_TOLERANCE (a wrong rewrite is off by far more).
+    """
+    import dataclasses
+
+    import torch
+
+    from edge_zo.bundle import write_manifest
+    from edge_zo.loading import read_weights
+    from export.checks import run_bundle
+    from export.graph import append_weights, data_path
+    model_path = folder / manifest.model_file
+    weights = read_weights(folder, manifest)[0]
+    want = run_bundle(folder, manifest, batch)[0][0] if batch is not None else None
+    low = [m for m in manifest.matrices if not m.dense]
+    too_small = [m.name for m in low if adapter_rank > min(m.shape)]
+    if too_small:
+        from edge_zo.errors import UserError
+        raise UserError(f"--adapter-rank {adapter_rank} exceeds min(m, n) of {too_small[0]}; use a smaller one")
+    model = onnx.load(str(model_path))
+    quantize_graph(model, [Target(m.inputs["W"], weights[m.name], m.layout) for m in low], form, adapter_rank)
+    data_path(model_path).unlink()
+    onnx.save(model, str(model_path), save_as_external_data=True, location=data_path(model_path).name)
+    dense = [m for m in manifest.matrices if m.dense]
+    records = dict(zip([m.name for m in dense],
+                       append_weights(model_path, [torch.from_numpy(weights[m.name]) for m in dense])))
+    matrices = [dataclasses.replace(m, weight_data=records[m.name]) if m.dense else dataclasses.replace(
+        m, weight_data={}, inputs={"A": m.inputs["A"], "D": m.inputs["D"], **adapter_inputs(m.name)})
+        for m in manifest.matrices]
+    manifest = dataclasses.replace(manifest, matrices=matrices, weights=form, adapter_rank=adapter_rank)
+    write_manifest(folder, manifest)
+    if want is not None:
+        check_quantized(folder, manifest, batch, float(want))
+    return manifest
+
+
+def check_quantized(folder, manifest, batch: dict, want: float) -> None:
+    """The quantized graph's loss (A = D = U = V = 0) against the fp32 graph's `want`."""
+    import onnxruntime as ort
+
+    from edge_zo.errors import UserError
+    from edge_zo.loading import read_weights
+    session = ort.InferenceSession(str(folder / manifest.model_file), providers=["CPUExecutionProvider"])
+    feed = {k: v.numpy() for k, v in batch.items()}
+    weights = read_weights(folder, manifest)[0]
+    for mat in manifest.matrices:
+        m, n = mat.shape
+        shapes = {"W": mat.stored_shape, "A": (m, manifest.rank), "D": (1, manifest.rank, n),
+                  "U": (m, manifest.adapter_rank), "V": (manifest.adapter_rank, n)}
+        for role, name in mat.inputs.items():
+            feed[name] = weights[mat.name] if role == "W" else np.zeros(shapes[role], np.float32)
+    loss = float(session.run(["loss"], feed)[0][0])
+    tol = QUANT_TOLERANCE[manifest.weights]
+    if not np.isfinite(loss) or abs(loss - want) > tol * max(abs(want), 1.0):
+        raise UserError(f"quantized parity check failed: {manifest.weights} loss {loss:.6g}, fp32 graph "
+                        f"{want:.6g} (tolerance {tol:.0%}); the bundle was not written "
+                        "(rerun with --no-check to inspect it anyway)")
