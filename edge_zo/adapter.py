@@ -63,15 +63,19 @@ def out_in(array: np.ndarray, layout: str) -> np.ndarray:
 def write(folder: Path, manifest, base: dict, trained: dict, rank: int = 0) -> dict:
     """adapter.npz in `folder` at `rank` (0: the bundle's); returns edge_zo_model.json's
     `adapter` entry. Each fold adds up to r to the update's rank, so after f sketch windows
-    it can need r·f to be exact: the recorded errors say how far the cut is."""
-    rank = rank or manifest.rank
+    it can need r·f to be exact: the recorded errors say how far the cut is. A quantized
+    bundle's update is its U V (rank R, the default rank here); `base` need not hold it."""
+    rank = rank or manifest.adapter_rank or manifest.rank  # a quantized bundle's R: exact
     if manifest.rank < 1:
         raise UserError(f"--adapter: the bundle is full-rank (rank 0), so there is no rank to cut the update "
                         f"to; deploy without --adapter, or export a low-rank bundle (edge-zo export --rank R)")
     arrays, matrices = {}, {}
     for mat in manifest.matrices:
-        delta = out_in(np.asarray(trained[mat.name], np.float64) - np.asarray(base[mat.name], np.float64),
-                       mat.layout)
+        if "U" in mat.inputs:  # a quantized base: the update is its adapter U V (out x in)
+            delta = trained[mat.inputs["U"]].astype(np.float64) @ trained[mat.inputs["V"]]
+        else:
+            delta = out_in(np.asarray(trained[mat.name], np.float64) - np.asarray(base[mat.name], np.float64),
+                           mat.layout)
         B, A, error = factor(delta, rank)
         arrays[f"{mat.name}.B"], arrays[f"{mat.name}.A"] = B, A
         matrices[mat.name] = {"shape": list(mat.shape), "layout": mat.layout, "rank": int(A.shape[0]),

@@ -38,7 +38,8 @@ Quantized base (`weights` "int8" or "int4", docs/design.md "Quantized base weigh
 low-rank matrix's W is a frozen quantized initializer of the graph (no W input, no
 weight_data) and the trained update lives beside it as a rank-`adapter_rank` adapter:
 inputs U float32 [m, R] and V float32 [R, n], effective weight deq(W) + U V + A D[p].
-Dense matrices keep their fp32 W input.
+Dense matrices, and those smaller than their adapter ((m + n) R >= m n), keep their fp32
+W input (and A, D) and fold into it as in an fp32 bundle.
 `padding_side` says how the exporter expects batches padded (scores are read at the last
 position whose attention_mask is 1).
 """
@@ -80,11 +81,11 @@ class TrainedMatrix:
     weight_data: dict = field(default_factory=dict)  # {location, offset, length} of W's bytes
     dense: bool = False  # W input only, even in a low-rank graph (the linear head)
 
-    def roles(self, graph: str, weights: str = "fp32") -> set[str]:
-        """The graph inputs this matrix has (bundle docstring)."""
+    def roles(self, graph: str, weights: str = "fp32") -> list[set[str]]:
+        """The sets of graph inputs this matrix may have (bundle docstring)."""
         if graph != "lowrank" or self.dense:
-            return {"W"}
-        return {"A", "D"} | ({"W"} if weights == "fp32" else {"U", "V"})
+            return [{"W"}]
+        return [{"W", "A", "D"}] + ([{"U", "A", "D", "V"}] if weights != "fp32" else [])
 
     @property
     def stored_shape(self) -> tuple[int, int]:
@@ -186,8 +187,9 @@ class Manifest:
                 raise bad(f"matrix {mat.name}: layout {mat.layout!r} is not one of {LAYOUTS}")
             if mat.dtype not in DTYPES:
                 raise bad(f"matrix {mat.name}: dtype {mat.dtype!r} is not one of {DTYPES}")
-            if set(mat.inputs) != roles:
-                raise bad(f"matrix {mat.name}: inputs {sorted(mat.inputs)} must be {sorted(roles)}")
+            if set(mat.inputs) not in roles:
+                raise bad(f"matrix {mat.name}: inputs {sorted(mat.inputs)} must be "
+                          f"{' or '.join(str(sorted(r)) for r in roles)}")
             if mat.weight_data and set(mat.weight_data) != WEIGHT_DATA_KEYS:
                 raise bad(f"matrix {mat.name}: weight_data keys {sorted(mat.weight_data)} "
                           f"must be {sorted(WEIGHT_DATA_KEYS)}")

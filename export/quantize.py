@@ -12,7 +12,8 @@ them side by side, docs/design.md "Quantized base weights"):
             (zero point 8), accuracy_level 4 (int8 activations inside the kernel).
   int8-nbits  the same kernel with bits=8 (zero point 128).
 
-Dense matrices (the linear head) keep their fp32 W input. Quantization is symmetric, so
+Dense matrices (the linear head), and matrices smaller than their adapter, keep their fp32
+W input (quantize_bundle). Quantization is symmetric, so
 dequantize(quantize(W)) is W to within half a step: per output channel max|W_j| / 127 for
 int8, per block max|w| / 7 for int4.
 """
@@ -221,23 +222,23 @@ def quantize_bundle(folder, manifest, form: str, adapter_rank: int, batch: dict 
     from edge_zo.bundle import write_manifest
     from edge_zo.loading import read_weights
     from export.checks import run_bundle
-    from export.graph import append_weights, data_path
+    from export.graph import append_weights
     model_path = folder / manifest.model_file
     weights = read_weights(folder, manifest)[0]
     want = run_bundle(folder, manifest, batch)[0][0] if batch is not None else None
-    low = [m for m in manifest.matrices if not m.dense]
-    too_small = [m.name for m in low if adapter_rank > min(m.shape)]
-    if too_small:
+    # a matrix smaller than its adapter stays fp32 (W, A, D): quantizing it would save nothing
+    low = [m for m in manifest.matrices if not m.dense and (m.shape[0] + m.shape[1]) * adapter_rank < m.shape[0] * m.shape[1]]
+    if not low:
         from edge_zo.errors import UserError
-        raise UserError(f"--adapter-rank {adapter_rank} exceeds min(m, n) of {too_small[0]}; use a smaller one")
-    model = onnx.load(str(model_path))
-    quantize_graph(model, [Target(m.inputs["W"], weights[m.name], m.layout) for m in low], form, adapter_rank)
-    data_path(model_path).unlink()
-    onnx.save(model, str(model_path), save_as_external_data=True, location=data_path(model_path).name)
-    dense = [m for m in manifest.matrices if m.dense]
-    records = dict(zip([m.name for m in dense],
-                       append_weights(model_path, [torch.from_numpy(weights[m.name]) for m in dense])))
-    matrices = [dataclasses.replace(m, weight_data=records[m.name]) if m.dense else dataclasses.replace(
+        raise UserError(f"--weights {form}: every trained matrix is smaller than its rank-{adapter_rank} adapter, "
+                        "so nothing would be quantized; give a smaller --adapter-rank or keep fp32 weights")
+    targets = [Target(m.inputs["W"], weights[m.name], m.layout) for m in low]
+    for name in filter(None, (manifest.model_file, manifest.inference_file)):  # deploy bakes the second
+        rewrite(folder / name, targets, form, adapter_rank)
+    kept = [m for m in manifest.matrices if m not in low]  # fp32 W inputs, appended again
+    records = dict(zip([m.name for m in kept],
+                       append_weights(model_path, [torch.from_numpy(weights[m.name]) for m in kept])))
+    matrices = [dataclasses.replace(m, weight_data=records[m.name]) if m in kept else dataclasses.replace(
         m, weight_data={}, inputs={"A": m.inputs["A"], "D": m.inputs["D"], **adapter_inputs(m.name)})
         for m in manifest.matrices]
     manifest = dataclasses.replace(manifest, matrices=matrices, weights=form, adapter_rank=adapter_rank)
@@ -245,6 +246,15 @@ def quantize_bundle(folder, manifest, form: str, adapter_rank: int, batch: dict 
     if want is not None:
         check_quantized(folder, manifest, batch, float(want))
     return manifest
+
+
+def rewrite(path, targets: list[Target], form: str, adapter_rank: int) -> None:
+    """quantize_graph on the ONNX file at `path`, saved over it with fresh external data."""
+    from export.graph import data_path
+    model = onnx.load(str(path))
+    quantize_graph(model, targets, form, adapter_rank)
+    data_path(path).unlink(missing_ok=True)
+    onnx.save(model, str(path), save_as_external_data=True, location=data_path(path).name)
 
 
 def check_quantized(folder, manifest, batch: dict, want: float) -> None:
