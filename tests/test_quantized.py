@@ -139,3 +139,19 @@ def test_int4_on_a_llama_and_the_refusals_of_export(job, tmp_path, capsys):
     assert "--graph lowrank" in capsys.readouterr().err
     assert main(["export", *common, "--out", str(tmp_path / "y"), "--weights", "int8", "--adapter-rank", "1"]) == 2
     assert "at least --rank" in capsys.readouterr().err
+
+
+def test_plan_counts_the_frozen_base_at_the_size_the_graph_holds(job):
+    from edge_zo.memory.plan import MiB, quantized_nbytes
+    manifest = read_manifest(job / "int8")
+    graph = onnx.load(str(job / "int8" / "model.onnx"))
+    held = sum(onnx.numpy_helper.to_array(t).nbytes for t in graph.graph.initializer if "::q" in t.name)
+    assert sum(quantized_nbytes(m, "int8") for m in manifest.matrices) == held
+    parts = subprocess.run([sys.executable, "-m", "edge_zo.cli", "plan", "--bundle", str(job / "int8"),
+                            "--profile", "x86-laptop-16gb", "--batch", "4", "--seq-len", "16", "--json"],
+                           capture_output=True, text=True, timeout=300)
+    assert parts.returncode == 0, parts.stderr
+    components = json.loads(parts.stdout)["components_mib"]
+    assert components["model: int8 base W (frozen)"] == pytest.approx(held / MiB)
+    assert "model: trained weights W" not in components
+

@@ -226,15 +226,16 @@ def predict(cal: Calibration, manifest, shape: Shape, optimizer: float = 0.0,
     """Component -> MiB of a job's running peak (see the module docstring)."""
     w = sum(_nbytes(m, manifest.adapter_rank) for m in manifest.matrices) / MiB
     base = sum(quantized_nbytes(m, manifest.weights) for m in manifest.matrices) / MiB
+    # export --weights int8|int4: the frozen base is among the session's initializers, the
+    # bound trained tensors are the adapters U, V (and any fp32 W: the head's)
+    model = {f"model: {manifest.weights} base W (frozen)": base,
+             "model: trained adapters U, V and fp32 W": w} if base else {"model: trained weights W": w}
     parts = {"libraries and tokenizer": cal.libraries_mib,
              "model: session and initializers": max(0.0, cal.model_mib - w - base),
-             "model: trained weights W": w,
+             **model,
              f"activations, training and evaluation ({shape.text})": cal.activations_mib(shape),
              "optimizer state": optimizer,
              "data": data}
-    if base:  # export --weights int8|int4: the frozen base is inside the session, the update in U V
-        parts = {**parts, f"model: {manifest.weights} base W (frozen)": base}
-        parts["model: trained adapter U, V and fp32 W"] = parts.pop("model: trained weights W")
     return parts
 
 
