@@ -30,9 +30,12 @@ FORMS = ("int8", "int8-dq", "int4", "int8-nbits")
 BLOCK = 32  # MatMulNBits block along K: onnxruntime's default, and what its own quantizer writes
 MS_DOMAIN = "com.microsoft"
 ADAPTER_FACTOR = 4  # default adapter rank R = 4 r: four folds before compression truncates
-# Export check: |loss - fp32 graph's loss| <= tolerance x max(|loss|, 1) at zero update. A wrong
-# rewrite (transposed or mis-scaled W) is off by O(1); MiniLM measured <= TODO.
-QUANT_TOLERANCE = {"int8": 0.1, "int4": 0.1}
+# Export check at zero update, against the fp32 graph on the traced batch (loss, scores):
+# |Δloss| <= LOSS x max(|loss|, 1) and max |Δscore| <= SCORES x max |score|. A coarse guard
+# (a near-chance classifier's loss barely moves whatever its weights); the kernels' forms
+# are tested against numpy in tests/export/test_quantize.py. MiniLM on the traced batch:
+# int8 Δloss 5%, Δscores 16%; int4 2%, 17%.
+QUANT_TOLERANCE = {"loss": 0.25, "scores": 0.5}
 
 
 @dataclass
@@ -245,7 +248,7 @@ def quantize_bundle(folder, manifest, form: str, adapter_rank: int, batch: dict 
 
     The graph is re-saved with fresh external data (the appended fp32 W go), the dense
     matrices' W are appended again, and with `batch` the new graph's loss at U = V = A = D = 0
-    must agree with the fp32 graph's within QUANT_TOLERANCE (a wrong rewrite is off by far more).
+    must agree with the fp32 graph's within QUANT_TOLERANCE.
     """
     import dataclasses
 
@@ -257,7 +260,7 @@ def quantize_bundle(folder, manifest, form: str, adapter_rank: int, batch: dict 
     from export.graph import append_weights
     model_path = folder / manifest.model_file
     weights = read_weights(folder, manifest)[0]
-    want = run_bundle(folder, manifest, batch)[0][0] if batch is not None else None
+    want = run_bundle(folder, manifest, batch) if batch is not None else None
     # a matrix smaller than its adapter stays fp32 (W, A, D): quantizing it would save nothing
     low = [m for m in manifest.matrices if not m.dense and (m.shape[0] + m.shape[1]) * adapter_rank < m.shape[0] * m.shape[1]]
     if not low:
@@ -276,7 +279,7 @@ def quantize_bundle(folder, manifest, form: str, adapter_rank: int, batch: dict 
     manifest = dataclasses.replace(manifest, matrices=matrices, weights=form, adapter_rank=adapter_rank)
     write_manifest(folder, manifest)
     if want is not None:
-        check_quantized(folder, manifest, batch, float(want))
+        check_quantized(folder, manifest, batch, want)
     return manifest
 
 
@@ -290,8 +293,8 @@ def rewrite(path, targets: list[Target], form: str, adapter_rank: int) -> None:
     data_path(path).chmod(path.stat().st_mode & 0o777)  # onnx writes it 0600; the rest of a bundle is not
 
 
-def check_quantized(folder, manifest, batch: dict, want: float) -> None:
-    """The quantized graph's loss (A = D = U = V = 0) against the fp32 graph's `want`."""
+def check_quantized(folder, manifest, batch: dict, want: tuple) -> None:
+    """The quantized graph's loss and scores (A = D = U = V = 0) against the fp32 graph's `want`."""
     import onnxruntime as ort
 
     from edge_zo.errors import UserError
@@ -305,9 +308,12 @@ def check_quantized(folder, manifest, batch: dict, want: float) -> None:
                   "U": (m, manifest.adapter_rank), "V": (manifest.adapter_rank, n)}
         for role, name in mat.inputs.items():
             feed[name] = weights[mat.name] if role == "W" else np.zeros(shapes[role], np.float32)
-    loss = float(session.run(["loss"], feed)[0][0])
-    tol = QUANT_TOLERANCE[manifest.weights]
-    if not np.isfinite(loss) or abs(loss - want) > tol * max(abs(want), 1.0):
-        raise UserError(f"quantized parity check failed: {manifest.weights} loss {loss:.6g}, fp32 graph "
-                        f"{want:.6g} (tolerance {tol:.0%}); the bundle was not written "
+    loss, scores = session.run(["loss", "scores"], feed)
+    (want_loss, *_), want_scores = want
+    score_gap = float(np.abs(scores - want_scores).max() / max(np.abs(want_scores).max(), 1e-30))
+    loss_gap = abs(float(loss[0]) - float(want_loss)) / max(abs(float(want_loss)), 1.0)
+    if not np.isfinite(loss_gap) or loss_gap > QUANT_TOLERANCE["loss"] or score_gap > QUANT_TOLERANCE["scores"]:
+        raise UserError(f"quantized parity check failed: the {manifest.weights} graph's loss is {loss_gap:.0%} and its "
+                        f"scores {score_gap:.0%} off the fp32 graph's (allowed {QUANT_TOLERANCE['loss']:.0%}, "
+                        f"{QUANT_TOLERANCE['scores']:.0%}); the bundle was not written "
                         "(rerun with --no-check to inspect it anyway)")
