@@ -8,6 +8,9 @@ each matrix's relative Frobenius error ‖ΔW − B·A‖ / ‖ΔW‖ is recorde
 edge_zo_model.json (`adapter.matrices.NAME.rel_error`): 0 means the adapter is exact.
 
 `apply(weights, folder)` adds the adapter back onto base weights (docs/deploy.md). numpy only.
+
+`absorb` is the fold of a quantized bundle (export --weights): the base is frozen, so
+W + A C becomes U V + A C, kept at rank R (docs/design.md "Quantized base weights").
 """
 
 from __future__ import annotations
@@ -32,6 +35,26 @@ def factor(delta: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray, float]
     return B.astype(np.float32), A.astype(np.float32), error
 
 
+def absorb(U: np.ndarray, V: np.ndarray, A: np.ndarray, C: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """(U', V', relative error): U' V' is the best rank-R approximation (R = U's columns) of
+    U V + A C, for U [m, R], V [R, n], A [m, r], C [r, n]; exact while the sum has rank <= R.
+
+    Thin QR of both stacked factors, SVD of the small (R + r) square core: O((m + n)(R + r)^2),
+    never an m x n matrix. float64 inside, deterministic (resume replays it bit for bit).
+    """
+    rank = U.shape[1]
+    left = np.concatenate([U, A], axis=1).astype(np.float64)
+    right = np.concatenate([V, C], axis=0).astype(np.float64)
+    Ql, Rl = np.linalg.qr(left)
+    Qr, Rr = np.linalg.qr(right.T)
+    P, S, Qt = np.linalg.svd(Rl @ Rr.T)
+    new_u = (Ql @ P[:, :rank]) * S[:rank]
+    new_v = (Qr @ Qt[:rank].T).T
+    norm = float(np.linalg.norm(S))
+    error = float(np.linalg.norm(S[rank:])) / norm if norm > 0 else 0.0
+    return new_u.astype(np.float32), new_v.astype(np.float32), error
+
+
 def out_in(array: np.ndarray, layout: str) -> np.ndarray:
     """A stored W as out x in (GPT-2's Conv1D stores in x out)."""
     return array.T if layout == "in_out" else array
@@ -40,15 +63,19 @@ def out_in(array: np.ndarray, layout: str) -> np.ndarray:
 def write(folder: Path, manifest, base: dict, trained: dict, rank: int = 0) -> dict:
     """adapter.npz in `folder` at `rank` (0: the bundle's); returns edge_zo_model.json's
     `adapter` entry. Each fold adds up to r to the update's rank, so after f sketch windows
-    it can need r·f to be exact: the recorded errors say how far the cut is."""
-    rank = rank or manifest.rank
+    it can need r·f to be exact: the recorded errors say how far the cut is. A quantized
+    bundle's update is its U V (rank R, the default rank here); `base` need not hold it."""
+    rank = rank or manifest.adapter_rank or manifest.rank  # a quantized bundle's R: exact
     if manifest.rank < 1:
         raise UserError(f"--adapter: the bundle is full-rank (rank 0), so there is no rank to cut the update "
                         f"to; deploy without --adapter, or export a low-rank bundle (edge-zo export --rank R)")
     arrays, matrices = {}, {}
     for mat in manifest.matrices:
-        delta = out_in(np.asarray(trained[mat.name], np.float64) - np.asarray(base[mat.name], np.float64),
-                       mat.layout)
+        if "U" in mat.inputs:  # a quantized base: the update is its adapter U V (out x in)
+            delta = trained[mat.inputs["U"]].astype(np.float64) @ trained[mat.inputs["V"]]
+        else:
+            delta = out_in(np.asarray(trained[mat.name], np.float64) - np.asarray(base[mat.name], np.float64),
+                           mat.layout)
         B, A, error = factor(delta, rank)
         arrays[f"{mat.name}.B"], arrays[f"{mat.name}.A"] = B, A
         matrices[mat.name] = {"shape": list(mat.shape), "layout": mat.layout, "rank": int(A.shape[0]),

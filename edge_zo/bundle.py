@@ -34,6 +34,12 @@ bytes (stored layout, its dtype) inside the bundle (export/ appends them to
 model.onnx.data, where no initializer references them, so onnxruntime never loads a copy).
 `inference_file` (optional, "" in bundles written before it existed) names the plain
 inference graph `edge-zo deploy` merges trained weights into (docs/export.md).
+Quantized base (`weights` "int8" or "int4", docs/design.md "Quantized base weights"): each
+low-rank matrix's W is a frozen quantized initializer of the graph (no W input, no
+weight_data) and the trained update lives beside it as a rank-`adapter_rank` adapter:
+inputs U float32 [m, R] and V float32 [R, n], effective weight deq(W) + U V + A D[p].
+Dense matrices, and those smaller than their adapter ((m + n) R >= m n), keep their fp32
+W input (and A, D) and fold into it as in an fp32 bundle.
 `padding_side` says how the exporter expects batches padded (scores are read at the last
 position whose attention_mask is 1).
 """
@@ -54,6 +60,7 @@ TASKS = ("classification", "causal-lm")
 GRAPHS = ("lowrank", "fullrank")
 LAYOUTS = ("out_in", "in_out")
 DTYPES = ("float32", "float16")
+WEIGHT_FORMATS = ("fp32", "int8", "int4")  # export --weights: the base W of low-rank matrices
 PADDING_SIDES = ("right", "left")
 WEIGHT_DATA_KEYS = {"location", "offset", "length"}
 
@@ -71,6 +78,12 @@ class TrainedMatrix:
     inputs: dict[str, str] = field(default_factory=dict)  # role ("W", "A", "D") -> graph input
     weight_data: dict = field(default_factory=dict)  # {location, offset, length} of W's bytes
     dense: bool = False  # W input only, even in a low-rank graph (the linear head)
+
+    def roles(self, graph: str, weights: str = "fp32") -> list[set[str]]:
+        """The sets of graph inputs this matrix may have (bundle docstring)."""
+        if graph != "lowrank" or self.dense:
+            return [{"W"}]
+        return [{"W", "A", "D"}] + ([{"U", "A", "D", "V"}] if weights != "fp32" else [])
 
     @property
     def stored_shape(self) -> tuple[int, int]:
@@ -98,6 +111,8 @@ class Manifest:
     padding_side: str = "right"
     # The plain inference graph `edge-zo deploy` bakes weights into; "" in older bundles.
     inference_file: str = ""
+    weights: str = "fp32"  # WEIGHT_FORMATS; int8/int4: frozen quantized W, update in U V
+    adapter_rank: int = 0  # R of U [m, R], V [R, n]; > 0 exactly when weights is quantized
     format_version: int = FORMAT_VERSION
 
     def trained_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -153,10 +168,15 @@ class Manifest:
             raise bad("no trained matrices")
         if all(mat.dense for mat in self.matrices) and self.graph == "lowrank":
             raise bad("a low-rank graph needs at least one matrix that is not dense")
+        if self.weights not in WEIGHT_FORMATS:
+            raise bad(f"weights {self.weights!r} is not one of {WEIGHT_FORMATS}")
+        if (self.weights != "fp32") != (self.adapter_rank > 0) or (self.adapter_rank and self.graph != "lowrank"):
+            raise bad(f"adapter_rank {self.adapter_rank} does not fit weights {self.weights!r} "
+                      f"on a {self.graph} graph (a quantized low-rank bundle has R > 0, others 0)")
         for mat in self.matrices:
             m, n = mat.shape
             lowrank = self.graph == "lowrank" and not mat.dense
-            roles = {"W", "A", "D"} if lowrank else {"W"}
+            roles = mat.roles(self.graph, self.weights)
             if m < 1 or n < 1:
                 raise bad(f"matrix {mat.name}: shape {mat.shape} must be positive")
             if lowrank and self.rank > min(m, n):
@@ -165,8 +185,9 @@ class Manifest:
                 raise bad(f"matrix {mat.name}: layout {mat.layout!r} is not one of {LAYOUTS}")
             if mat.dtype not in DTYPES:
                 raise bad(f"matrix {mat.name}: dtype {mat.dtype!r} is not one of {DTYPES}")
-            if set(mat.inputs) != roles:
-                raise bad(f"matrix {mat.name}: inputs {sorted(mat.inputs)} must be {sorted(roles)}")
+            if set(mat.inputs) not in roles:
+                raise bad(f"matrix {mat.name}: inputs {sorted(mat.inputs)} must be "
+                          f"{' or '.join(str(sorted(r)) for r in roles)}")
             if mat.weight_data and set(mat.weight_data) != WEIGHT_DATA_KEYS:
                 raise bad(f"matrix {mat.name}: weight_data keys {sorted(mat.weight_data)} "
                           f"must be {sorted(WEIGHT_DATA_KEYS)}")

@@ -190,10 +190,13 @@ def _load_trained(opts: DeployOptions, runtime: Runtime, config) -> tuple[str, i
 # ---- the merged model -------------------------------------------------------------------
 
 def merged_model(onnx, inference_path: Path, manifest, weights: dict, dtype: str):
-    """inference.onnx with each trained W turned from a graph input into an initializer."""
+    """inference.onnx with each trained W (a quantized bundle's: its adapter U, V; the
+    quantized base is already there) turned from a graph input into an initializer."""
     model = onnx.load(str(inference_path))  # external data is read in
     graph = model.graph
-    by_input = {m.inputs["W"]: weights[m.name] for m in manifest.matrices}
+    # W by matrix name; a quantized base's adapter U, V by graph input name (Runtime.export_weights)
+    by_input = {name: weights[m.name if role == "W" else name]
+                for m in manifest.matrices for role, name in m.inputs.items() if role in ("W", "U", "V")}
     missing = sorted(set(by_input) - {i.name for i in graph.input})
     if missing:
         raise BundleError(f"{inference_path}: no inputs {missing[:3]} for the trained matrices; "

@@ -34,21 +34,24 @@ def read_weights(bundle_dir: Path, manifest: Manifest) -> tuple[dict[str, np.nda
     """(matrix name -> W in stored layout, graph names of W that are model initializers)."""
     records, initializer_names = locate_weights(bundle_dir, manifest)
     model_path = bundle_dir / manifest.model_file
-    return {m.name: read_tensor(bundle_dir, model_path, records[m.name], m) for m in manifest.matrices}, initializer_names
+    return {m.name: read_tensor(bundle_dir, model_path, records[m.name], m) for m in manifest.matrices
+            if m.name in records}, initializer_names
 
 
 def locate_weights(bundle_dir: Path, manifest: Manifest) -> tuple[dict[str, dict], set[str]]:
     """(matrix name -> {location, offset, length} of its W, graph names of W that are model
-    initializers): where each W lies, checked against the manifest, nothing read yet."""
+    initializers): where each W lies, checked against the manifest, nothing read yet.
+    A quantized bundle's low-rank matrices have no W input (their base is in the graph)."""
     model_path = bundle_dir / manifest.model_file
-    pending = {m.inputs["W"]: m for m in manifest.matrices if manifest_record(m) is None}
+    with_w = [m for m in manifest.matrices if "W" in m.inputs]
+    pending = {m.inputs["W"]: m for m in with_w if manifest_record(m) is None}
     try:
         found = onnxproto.initializer_locations(model_path, pending) if pending else {}
     except (onnxproto.ProtoError, ValueError, OSError) as err:
         raise BundleError(f"{model_path}: not a readable ONNX model ({err}); "
                           "the file is damaged or truncated: re-export or copy it again") from None
     records = {}
-    for mat in manifest.matrices:
+    for mat in with_w:
         graph_name = mat.inputs["W"]
         record = manifest_record(mat)
         if record is None:
@@ -103,7 +106,11 @@ def expected_inputs(manifest: Manifest) -> dict[str, tuple[str, list]]:
                 target[0]: (target[1], target[2])}
     for mat in manifest.matrices:
         m, n = mat.shape
-        expected[mat.inputs["W"]] = (mat.dtype, list(mat.stored_shape))
+        if "W" in mat.inputs:
+            expected[mat.inputs["W"]] = (mat.dtype, list(mat.stored_shape))
+        if "U" in mat.inputs:  # a quantized base's adapter
+            expected[mat.inputs["U"]] = ("float32", [m, manifest.adapter_rank])
+            expected[mat.inputs["V"]] = ("float32", [manifest.adapter_rank, n])
         if "A" in mat.inputs:  # a low-rank graph's matrices, except a dense head
             expected[mat.inputs["A"]] = ("float32", [m, manifest.rank])
             expected[mat.inputs["D"]] = ("float32", [None, manifest.rank, n])

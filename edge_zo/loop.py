@@ -68,7 +68,7 @@ def train(config: RunConfig, run_dir: Path, resume: bool, budget: Budget | None,
     run_dir.mkdir(parents=True, exist_ok=True)
     manifest = read_manifest(config.bundle)
     opt_config = config.optimizer_config(manifest.rank)
-    check_graph(opt_config, manifest.graph, config.bundle)  # a wrong method ends here, before any step
+    check_graph(opt_config, manifest.graph, config.bundle, manifest.weights)  # a wrong method ends here, before any step
     if resume:  # the checkpoints' weights were trained on this model?
         runconfig.record_fingerprint(run_dir, config)
     tokenizer = load_tokenizer(config.bundle, manifest)

@@ -214,6 +214,24 @@ class _Job:
                 continue
             self.block(task, self.targets[i].buf.host)
 
+@dataclass(frozen=True, eq=False)
+class Perturbation:
+    """W + scale (z(key) + offsets) on tensors `names`, and its exact-restore records: the
+    perturbation the runtime keeps on W until W is next needed (edge_zo/runtime.py)."""
+
+    key: object  # edge_zo.rng.Key
+    names: list[str]
+    offsets: list  # per name: None or a float32 last-dimension vector
+    scale: float
+    records: list | None = None
+
+    def same_z(self, key, names: list, offsets: list) -> bool:
+        """Same z and offsets: one sweep can undo this and apply the other."""
+        return (self.key == key and self.names == names
+                and all(a is b or (a is not None and b is not None and np.array_equal(a, b))
+                        for a, b in zip(self.offsets, offsets)))
+
+
 def sweep(targets: list, streams: list, offsets: list, op: Sweep, records: list | None = None) -> list | None:
     """Apply `op` to every target in one pass (records: those of the perturbation `op.undo`
     restores); returns the new records when `op.perturb`. If it fails, every W is left

@@ -9,6 +9,9 @@ optimizer). It owns the bound buffers:
      probes; a full-rank probe's perturbation is undone when W is next needed (`_settle`),
      in one sweep with the next probe or update of the same z when that comes next.
   A  per sketch window (`set_sketch`), D per probe: the only bytes written per query.
+  U, V  a quantized bundle's adapter (manifest `weights` int8/int4): its low-rank matrices'
+     W is frozen in the graph, and `fold` absorbs A C into U V at rank R (adapter.absorb);
+     `export_weights` / `load_weights` carry them as "NAME::U" / "NAME::V".
 Probes are the types of edge_zo/probes.py, dispatched by type: a `LowRankProbe` has
 `.sketch_id` and `.D` (name -> r x n, effective X = W + A D); a `NoiseProbe` has `.key`,
 `.scale`, `.names` (effective X = W + scale z(key, name)). Up to `probe_slots` low-rank
@@ -27,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -101,9 +103,18 @@ class Runtime:
                 self.A[name] = Buffer(np.zeros((m, r), np.float32), dev, dev_id, counter=self.bytes_written)
                 self.binding.bind_ortvalue_input(self.matrices[name].inputs["A"], self.A[name].value)
                 self.D[name] = SlotBuffer((self.manifest.probe_slots, r, n), dev, dev_id, self.bytes_written)
+        self.adapter: dict[str, Buffer] = {}  # graph input "NAME::U" / "NAME::V" -> its buffer
+        self.adapter_error = 0.0  # the largest relative error a fold's compression to rank R made
+        for name, mat in self.matrices.items():
+            if "U" in mat.inputs:
+                (m, n), R = mat.shape, self.manifest.adapter_rank
+                for role, shape in (("U", (m, R)), ("V", (R, n))):
+                    buf = Buffer(np.zeros(shape, np.float32), dev, dev_id, counter=self.bytes_written)
+                    self.adapter[mat.inputs[role]] = buf
+                    self.binding.bind_ortvalue_input(mat.inputs[role], buf.value)
         self.folder = fold.Folder(self.placement, self.manifest.matrices[0].dtype, threads=self.threads)
         self.sketch_id = None
-        self._pending: _Perturbation | None = None  # a full-rank probe's, until W is needed
+        self._pending: noise.Perturbation | None = None  # a full-rank probe's, until W is needed
         self._bound_slots = None
         self._batch = None
 
@@ -257,14 +268,14 @@ class Runtime:
         # LOREN's anisotropic shift: a last-dimension vector added to every row of z
         shifts = [None if offsets.get(n) is None else checks.shaped(f"offset[{n}]", offsets[n], self.shapes[n][-1:])
                   for n in names]
-        self._perturb(_Perturbation(probe.key, names, shifts, probe.scale))
+        self._perturb(noise.Perturbation(probe.key, names, shifts, probe.scale))
         try:
             return self._run(1, outputs=("loss", output), settle=False)[-1][:1]
         except BaseException:
             self._settle()
             raise
 
-    def _perturb(self, new: "_Perturbation") -> None:
+    def _perturb(self, new: "noise.Perturbation") -> None:
         """W <- W + new, in place, all tensors' blocks on all cores (edge_zo/noise.py): from
         W, or from the pending perturbation of the same z in the same sweep. If it fails, W
         is left unperturbed."""
@@ -273,7 +284,7 @@ class Runtime:
         records = noise.sweep(*self._noise_args(new.key, new.names), new.offsets, op, old and old.records)
         self._pending = dataclasses.replace(new, records=records)
 
-    def _take_pending(self, key, names: list, offsets: list) -> "_Perturbation | None":
+    def _take_pending(self, key, names: list, offsets: list) -> "noise.Perturbation | None":
         """The pending perturbation if it is of this z (the caller's sweep undoes it); else
         None, W restored from any other first."""
         old, self._pending = self._pending, None
@@ -317,8 +328,20 @@ class Runtime:
             if name not in self.A:
                 raise ValueError(f"fold: unknown trained matrix {name!r}")
             m, n = self.shapes[name]
-            self.folder.fold(self.W[name], self.A[name].host,
-                             checks.shaped(f"C[{name}]", c, (self.manifest.rank, n)), self.matrices[name].layout)
+            c = checks.shaped(f"C[{name}]", c, (self.manifest.rank, n))
+            if name not in self.W:  # a frozen quantized base: the update goes into its adapter
+                self._absorb(name, c)
+                continue
+            self.folder.fold(self.W[name], self.A[name].host, c, self.matrices[name].layout)
+
+    def _absorb(self, name: str, c: np.ndarray) -> None:
+        """U V <- rank-R cut of U V + A C (edge_zo/adapter.py), on the host."""
+        from edge_zo.adapter import absorb
+        U, V = (self.adapter[self.matrices[name].inputs[role]] for role in ("U", "V"))
+        new_u, new_v, error = absorb(U.read(), V.read(), self.A[name].host, c)
+        U.write(new_u)
+        V.write(new_v)
+        self.adapter_error = max(self.adapter_error, error)
 
     def scores(self, C: dict[str, np.ndarray] | None = None) -> np.ndarray:
         """Label scores of the current weights (W + A C with the bound A when C is given).
@@ -349,7 +372,7 @@ class Runtime:
         """
         self._settle()
         out = {}
-        for name, buf in self.W.items():
+        for name, buf in {**self.W, **self.adapter}.items():
             arr = buf.read()
             if copy or not buf.zero_copy:
                 out[name] = np.array(arr, copy=True)
@@ -361,29 +384,13 @@ class Runtime:
     def load_weights(self, weights: dict[str, np.ndarray]) -> None:
         """Replace W (a checkpoint's `export_weights`); shapes must match the bundle."""
         self._settle()
+        buffers = {**self.W, **self.adapter}
         for name, arr in weights.items():
-            if name not in self.W or tuple(np.shape(arr)) != tuple(self.W[name].shape):
+            if name not in buffers or tuple(np.shape(arr)) != tuple(buffers[name].shape):
                 raise UserError(f"{self.bundle_dir}: the weights for {name!r} do not fit this bundle's model "
                                 "(it now holds another model than they were trained on); use the bundle "
                                 "they were trained on")
-            self.W[name].write(checks.shaped(f"W[{name}]", arr, self.W[name].shape, self.W[name].dtype))
-
-
-@dataclass(frozen=True, eq=False)
-class _Perturbation:
-    """W + scale (z(key) + offsets) on tensors `names`, and its exact-restore records."""
-
-    key: object  # edge_zo.rng.Key
-    names: list[str]
-    offsets: list  # per name: None or a float32 last-dimension vector
-    scale: float
-    records: list | None = None
-
-    def same_z(self, key, names: list, offsets: list) -> bool:
-        """Same z and offsets: one sweep can undo this and apply the other."""
-        return (self.key == key and self.names == names
-                and all(a is b or (a is not None and b is not None and np.array_equal(a, b))
-                        for a, b in zip(self.offsets, offsets)))
+            buffers[name].write(checks.shaped(f"W[{name}]", arr, buffers[name].shape, buffers[name].dtype))
 
 
 # ---- input checks ------------------------------------------------------------------

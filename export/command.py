@@ -45,6 +45,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
              "sequence-classification head (auto: the folder's classifier, else linear)")
     add("--graph", choices=["lowrank", "fullrank"], default="lowrank",
         help="lowrank: inputs W, A, D per matrix (ZO-MOPI, ZO-Muon, LOZO); fullrank: W only (MeZO, LOREN)")
+    add("--weights", choices=["fp32", "int8", "int4"], default="fp32",
+        help="base W of the low-rank matrices: int8 (per-channel, integer MatMul: faster on CPU) or "
+             "int4 (32-blocks: smaller), frozen in the graph; the trained update then lives in a "
+             "fp32 rank-R adapter beside it (low-rank methods only; docs/export.md)")
+    add("--adapter-rank", type=int, default=None,
+        help="R of a quantized bundle's adapter U [m, R] V [R, n] (default: 4 x --rank)")
     add("--force", action="store_true", help="replace --out if it exists (once the new bundle is complete)")
     add("--no-check", dest="check", action="store_false",
         help="skip the onnxruntime-vs-PyTorch loss check at the end of the export")
@@ -64,8 +70,9 @@ def run(args: argparse.Namespace) -> int:
         model=args.model, task=args.task, out=args.out, targets=args.targets, rank=args.rank,
         probe_slots=args.probe_slots, dtype=args.dtype, max_seq_len=args.max_seq_len,
         opset=args.opset, label_words=args.label_words, head=args.head, graph=args.graph,
-        force=args.force, check=args.check)
+        weights=args.weights, adapter_rank=args.adapter_rank, force=args.force, check=args.check)
     manifest = export_bundle(opts)
     print(f"wrote {args.out}: {manifest.task}, {manifest.graph} graph, "
-          f"{len(manifest.matrices)} trained matrices, rank {manifest.rank}, opset {manifest.opset}")
+          f"{len(manifest.matrices)} trained matrices, rank {manifest.rank}, opset {manifest.opset}"
+          + (f", {manifest.weights} base with a rank-{manifest.adapter_rank} adapter" if manifest.adapter_rank else ""))
     return 0

@@ -17,7 +17,7 @@ import torch
 from edge_zo.bundle import TOKENIZER_NAME, Manifest, TrainedMatrix, tokenizer_sha256, write_manifest
 from edge_zo.errors import UserError
 from edge_zo.leftovers import remove_stale_partials, staging_path
-from export import checks, heads, models, vocab
+from export import checks, heads, models, quantize, vocab
 from export.graph import IR_FOR_OPSET, LiftedInput, append_weights, export_graph
 from export.heads import TrainingGraph
 from export.inference import INFERENCE_FILE, check_inference, write_inference
@@ -45,6 +45,8 @@ class ExportOptions:
     label_words: list[str] = field(default_factory=list)
     head: str = "auto"
     graph: str = "lowrank"
+    weights: str = "fp32"  # fp32 | int8 | int4: the low-rank matrices' base W (export/quantize.py)
+    adapter_rank: int | None = None  # R of a quantized bundle's adapter; None: 4 x rank
     force: bool = False
     check: bool = True
 
@@ -104,6 +106,8 @@ def validate_options(opts: ExportOptions) -> None:
         raise UserError(f"--probe-slots must be at least 1, got {opts.probe_slots}")
     if opts.max_seq_len is not None and opts.max_seq_len < MIN_SEQ_LEN:
         raise UserError(f"--max-seq-len must be at least {MIN_SEQ_LEN}, got {opts.max_seq_len}")
+    if opts.weights != "fp32":
+        quantize.validate(opts)
     if opts.opset not in IR_FOR_OPSET:
         raise UserError(f"--opset {opts.opset} is not supported; use 20, or 18 for onnxruntime <= 1.16")
 
@@ -191,6 +195,9 @@ def write_bundle(prep: Prepared, opts: ExportOptions, folder: Path) -> Manifest:
     write_manifest(folder, manifest)
     if reference is not None:
         checks.check_bundle(folder, manifest, batch, reference, opts.dtype)
+    if opts.weights != "fp32":
+        manifest = quantize.quantize_bundle(folder, manifest, opts.weights, opts.adapter_rank,
+                                            batch if opts.check else None)
     return manifest
 
 

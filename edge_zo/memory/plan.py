@@ -8,7 +8,8 @@ DESIGN.md section 5; docs/plan.md has the measurements. A job's peak process mem
     activations(P, B, T) = B·T·a + P·B·T·b + B·T²·c + P·B·T²·d
 
 `libraries` (python, onnxruntime, numpy, tokenizers, the tokenizer), `model` (the session's
-initializers plus the bound trained weights W), the start-up transient and the metrics
+initializers, a quantized bundle's frozen base among them, plus the bound trained weights W
+or adapter U, V), the start-up transient and the metrics
 plot (~35-40 MiB of matplotlib) are read off a child process that opens the bundle. a..d
 are a non-negative least-squares fit to four calibration children at the job's batch,
 P in {1, 2} x T in {T/2, T}, each running what a job runs at that shape (an evaluation,
@@ -223,18 +224,37 @@ def data_mib(files) -> float:
 def predict(cal: Calibration, manifest, shape: Shape, optimizer: float = 0.0,
             data: float = 0.0) -> dict[str, float]:
     """Component -> MiB of a job's running peak (see the module docstring)."""
-    w = sum(_nbytes(m) for m in manifest.matrices) / MiB
+    w = sum(_nbytes(m, manifest.adapter_rank) for m in manifest.matrices) / MiB
+    base = sum(quantized_nbytes(m, manifest.weights) for m in manifest.matrices) / MiB
+    # export --weights int8|int4: the frozen base is among the session's initializers, the
+    # bound trained tensors are the adapters U, V (and any fp32 W: the head's)
+    model = {f"model: {manifest.weights} base W (frozen)": base,
+             "model: trained adapters U, V and fp32 W": w} if base else {"model: trained weights W": w}
     parts = {"libraries and tokenizer": cal.libraries_mib,
-             "model: session and initializers": max(0.0, cal.model_mib - w),
-             "model: trained weights W": w,
+             "model: session and initializers": max(0.0, cal.model_mib - w - base),
+             **model,
              f"activations, training and evaluation ({shape.text})": cal.activations_mib(shape),
              "optimizer state": optimizer,
              "data": data}
     return parts
 
 
-def _nbytes(mat) -> int:
+def _nbytes(mat, adapter_rank: int = 0) -> int:
+    """What the runtime binds for a matrix: W, or a quantized base's adapter U [m, R], V [R, n]."""
+    if "U" in mat.inputs:
+        return (mat.shape[0] + mat.shape[1]) * adapter_rank * 4
     return mat.shape[0] * mat.shape[1] * (2 if mat.dtype == "float16" else 4)
+
+
+def quantized_nbytes(mat, weights: str) -> int:
+    """A quantized base W's bytes in the graph (export/quantize.py): int8 plus a float32 scale
+    and int8 zero point per output row; int4 half a byte plus a float32 scale per 32-block."""
+    if "U" not in mat.inputs:
+        return 0
+    m, n = mat.shape
+    if weights == "int8":
+        return m * n + 5 * m
+    return m * -(-n // 32) * (16 + 4)
 
 
 @dataclass

@@ -82,8 +82,13 @@ def optimizer_for(config) -> Optimizer:
     return OPTIMIZERS[config.name]
 
 
-def check_graph(config, graph: str, bundle: str) -> None:
-    """Refuse a low-rank method on a full-rank bundle before any step, naming the fix."""
+def check_graph(config, graph: str, bundle: str, weights: str = "fp32") -> None:
+    """Refuse a low-rank method on a full-rank bundle, and a full-rank one on a quantized
+    base (frozen: only a low-rank method's adapter can hold the update), before any step."""
+    if weights != "fp32" and not optimizer_for(config).lowrank_only:
+        lowrank = ", ".join(name for name, opt in OPTIMIZERS.items() if opt.lowrank_only)
+        raise ConfigError(f"{config.name} updates every weight but {bundle} holds a frozen {weights} base: "
+                          f"choose --optimizer {lowrank}, or re-export the model without --weights")
     if graph == "lowrank" or not optimizer_for(config).lowrank_only:
         return
     either = " or ".join(name for name, opt in OPTIMIZERS.items() if not opt.lowrank_only)

@@ -1,0 +1,241 @@
+"""Quantized base weights (issue 19): forward time, peak memory and fold drift, fp32 vs int8 vs 4-bit.
+
+Run by hand on an exported low-rank bundle (never by timed tests):
+
+    python benchmarks/quantized.py --bundle /work/qwork/quality-minilm-negative-positive-t128 \
+        --checkpoint RUN/best/ckpt-000000747.npz
+
+Variants, one graph each, written once into --work from the bundle's model.onnx by
+export/quantize.py: fp32 (the training graph as exported, W fed as inputs as the runtime
+binds them) and the forms of export.quantize.FORMS. Timing: one worker process holds every
+session and alternates their runs (order rotating each round), so load from other processes
+hits all alike. FORM@R: the same with the rank-R adapter inputs U, V of a quantized bundle
+(zeros). Memory: one fresh worker per variant, peak RSS = its VmHWM. Agreement: the
+largest |score - fp32 score| of the measured batch. Drift (--checkpoint, a finished run of the
+same bundle): of the run's accumulated update ΔW = W_run - W_base, the part an int8 base keeps
+when it is re-quantized at the fold, and the part a rank-R adapter keeps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from forward import open_session, peak_rss_mib, rss_mib  # noqa: E402
+
+RESULTS = REPO / "benchmarks" / "results"
+WORK = Path(tempfile.gettempdir()) / "edge-zo-bench-issue19"
+VARIANTS = ("fp32", "int8", "int8-dq", "int4", "int8-nbits")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    if args.worker:
+        print(json.dumps(measure_memory(args) if args.worker_memory else measure_time(args)))
+        return 0
+    graphs = build_variants(args)
+    timing = run_worker(["--worker", "time"], args)
+    memory = {name: [run_worker(["--worker", name, "--worker-memory"], args) for _ in range(args.rounds)]
+              for name in graphs}
+    report = summarize(timing, memory, args)
+    if args.checkpoint:
+        report["drift"] = drift(args)
+    out = args.out or RESULTS / f"quantized-{args.bundle.name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps({"medians": report["medians"], "ratios": report["ratios"],
+                      "drift": report.get("drift", {}).get("summary")}, indent=2), f"\nwrote {out}")
+    return 0
+
+
+def parse(argv):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--bundle", type=Path, required=True, help="a low-rank bundle made by edge-zo export")
+    p.add_argument("--checkpoint", type=Path, default=None, help="a run's checkpoint .npz on this bundle (drift)")
+    p.add_argument("--batch", type=int, default=16, help="rows per forward")
+    p.add_argument("--seq", type=int, default=64, help="tokens per row")
+    p.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads")
+    p.add_argument("--probes", type=int, default=1, help="P of each training-graph forward")
+    p.add_argument("--rounds", type=int, default=2, help="memory workers per variant")
+    p.add_argument("--iters", type=int, default=10, help="timed rounds (every variant once per round)")
+    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ",".join(VARIANTS) + "; FORM@R adds a rank-R adapter")
+    p.add_argument("--work", type=Path, default=WORK, help="where the quantized graphs are kept between runs")
+    p.add_argument("--out", type=Path, default=None, help="JSON file (default benchmarks/results/)")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--worker-memory", action="store_true", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def variant_path(args, name: str) -> Path:
+    if name == "fp32":
+        return args.bundle / "model.onnx"
+    return args.work / args.bundle.name / name / "model.onnx"
+
+
+def build_variants(args) -> dict[str, Path]:
+    """name -> graph; each quantized graph is written once (export.quantize.quantize_graph)."""
+    import onnx
+
+    from edge_zo.bundle import read_manifest
+    from edge_zo.loading import read_weights
+    from export.quantize import Target, quantize_graph
+    names = args.variants.split(",")
+    manifest = read_manifest(args.bundle)
+    weights = None
+    for name in names:
+        path = variant_path(args, name)
+        if name == "fp32" or path.is_file():
+            continue
+        weights = weights or read_weights(args.bundle, manifest)[0]
+        model = onnx.load(str(args.bundle / manifest.model_file))
+        targets = [Target(m.inputs["W"], weights[m.name], m.layout) for m in manifest.matrices if not m.dense]
+        form, _, rank = name.partition("@")
+        quantize_graph(model, targets, form, int(rank or 0))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        onnx.save(model, str(path), save_as_external_data=True, location="model.onnx.data")
+    return {name: variant_path(args, name) for name in names}
+
+
+def run_worker(extra: list[str], args) -> dict:
+    cmd = [sys.executable, __file__, *extra, "--bundle", str(args.bundle), "--batch", str(args.batch),
+           "--seq", str(args.seq), "--threads", str(args.threads), "--iters", str(args.iters),
+           "--probes", str(args.probes), "--variants", args.variants, "--work", str(args.work)]
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"worker failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def make_feed(session, manifest, bundle: Path, args) -> dict:
+    """Random tokens; W (where still a graph input) from the bundle, random A and small D."""
+    import numpy as np
+
+    from edge_zo.loading import read_weights
+    rng = np.random.default_rng(0)
+    names = {i.name for i in session.get_inputs()}
+    feed = {"input_ids": rng.integers(3, 1000, (args.batch, args.seq)),
+            "attention_mask": np.ones((args.batch, args.seq), np.int64),
+            "labels": rng.integers(0, len(manifest.label_words), args.batch)}
+    weights = read_weights(bundle, manifest)[0]
+    for mat in manifest.matrices:
+        (m, n), inputs = mat.shape, mat.inputs
+        if inputs["W"] in names:
+            feed[inputs["W"]] = weights[mat.name]
+        if "A" in inputs:
+            feed[inputs["A"]] = rng.standard_normal((m, manifest.rank), np.float32)
+            feed[inputs["D"]] = rng.standard_normal((args.probes, manifest.rank, n), np.float32) * 1e-3
+    for arg in session.get_inputs():  # adapter factors (NAME@R variants): zero, as at the start of a run
+        if arg.name.endswith(("::U", "::V")):
+            feed[arg.name] = np.zeros(arg.shape, np.float32)
+    return feed
+
+
+def measure_time(args) -> dict:
+    """Every variant in one process, runs alternating; wall and CPU seconds, scores' agreement."""
+    import numpy as np
+
+    from edge_zo.bundle import read_manifest
+    manifest = read_manifest(args.bundle)
+    runs = []
+    for name in args.variants.split(","):
+        session = open_session(variant_path(args, name), args.threads)
+        runs.append((name, session, make_feed(session, manifest, args.bundle, args)))
+    scores = {name: session.run(["scores"], feed)[0] for name, session, feed in runs}  # also the warm-up
+    samples = {name: {"wall_s": [], "cpu_s": []} for name, _, _ in runs}
+    for i in range(args.iters):
+        k = i % len(runs)
+        for name, session, feed in runs[k:] + runs[:k]:
+            wall, cpu = time.perf_counter(), time.process_time()
+            session.run(["loss"], feed)
+            samples[name]["wall_s"].append(time.perf_counter() - wall)
+            samples[name]["cpu_s"].append(time.process_time() - cpu)
+    ref = scores["fp32"] if "fp32" in scores else None
+    for name in samples:
+        samples[name]["max_abs_score_diff"] = None if ref is None else float(np.abs(scores[name] - ref).max())
+    samples["score_scale"] = None if ref is None else float(np.abs(ref).max())
+    return samples
+
+
+def measure_memory(args) -> dict:
+    """One variant in a fresh process: peak RSS over session creation, feed and two runs."""
+    from edge_zo.bundle import read_manifest
+    manifest = read_manifest(args.bundle)
+    baseline = rss_mib()
+    session = open_session(variant_path(args, args.worker), args.threads)
+    feed = make_feed(session, manifest, args.bundle, args)
+    for _ in range(2):
+        session.run(["loss"], feed)
+    return {"peak_rss_mib": peak_rss_mib(), "baseline_rss_mib": baseline}
+
+
+def summarize(timing: dict, memory: dict, args) -> dict:
+    med = {}
+    for name, runs in memory.items():
+        med[name] = {"wall_s": statistics.median(timing[name]["wall_s"]),
+                     "cpu_s": statistics.median(timing[name]["cpu_s"]),
+                     "max_abs_score_diff": timing[name]["max_abs_score_diff"],
+                     "peak_rss_mib": statistics.median(r["peak_rss_mib"] for r in runs),
+                     "peak_above_baseline_mib": statistics.median(r["peak_rss_mib"] - r["baseline_rss_mib"] for r in runs)}
+    ratios = {}
+    if "fp32" in med:
+        base = med["fp32"]
+        for name in med:
+            per_round = [a / b for a, b in zip(timing[name]["wall_s"], timing["fp32"]["wall_s"])]
+            ratios[name] = {"time_vs_fp32": med[name]["wall_s"] / base["wall_s"],
+                            "time_vs_fp32_median_of_rounds": statistics.median(per_round),
+                            "peak_vs_fp32": med[name]["peak_rss_mib"] / base["peak_rss_mib"],
+                            "peak_above_baseline_vs_fp32":
+                                med[name]["peak_above_baseline_mib"] / base["peak_above_baseline_mib"]}
+    return {"bundle": str(args.bundle), "batch": args.batch, "seq": args.seq, "threads": args.threads,
+            "probes": args.probes, "iters": args.iters, "memory_rounds": args.rounds,
+            "load_avg": os.getloadavg(), "score_scale": timing.get("score_scale"),
+            "medians": med, "ratios": ratios, "timing": timing, "memory": memory}
+
+
+def drift(args, ranks=(8, 16, 32)) -> dict:
+    """How much of a run's update ΔW each place for it keeps (relative Frobenius error).
+
+    requantize: the int8 base re-quantized after adding ΔW, its scales kept (what a fold into
+    an int8 W does), error = |deq(Q(deq(Q(W)) + ΔW)) - deq(Q(W)) - ΔW| / |ΔW|.
+    adapter-R: ΔW kept as its best rank-R approximation beside a frozen base.
+    """
+    import numpy as np
+
+    from edge_zo.bundle import read_manifest
+    from edge_zo.loading import read_weights
+    from export.quantize import dequantize_int8, quantize_int8
+    manifest = read_manifest(args.bundle)
+    base = read_weights(args.bundle, manifest)[0]
+    per = {}
+    with np.load(args.checkpoint, allow_pickle=False) as run:
+        for mat in manifest.matrices:
+            if mat.dense or f"W/{mat.name}" not in run.files:
+                continue
+            w, delta = base[mat.name].T, (run[f"W/{mat.name}"] - base[mat.name]).T  # [K, N]
+            q, scale = quantize_int8(w)
+            start = dequantize_int8(q, scale)
+            moved = np.clip(np.rint((start + delta) / scale), -127, 127) * scale - start
+            s = np.linalg.svd(delta, compute_uv=False)
+            norm = float(np.linalg.norm(delta))
+            per[mat.name] = {"delta_norm": norm, "delta_rms_over_step": float(np.sqrt(np.mean(delta ** 2)) / scale.mean()),
+                             "requantize": float(np.linalg.norm(moved - delta)) / norm,
+                             **{f"adapter-{r}": float(np.sqrt(np.sum(s[r:] ** 2))) / norm for r in ranks}}
+    keys = [k for k in next(iter(per.values())) if k != "delta_norm"]
+    summary = {k: statistics.median(v[k] for v in per.values()) for k in keys}
+    return {"checkpoint": str(args.checkpoint), "summary": summary, "per_matrix": per}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
