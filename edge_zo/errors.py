@@ -76,6 +76,10 @@ class Stopped(UserError):
         self.signum = signum
 
 
+class FleetError(UserError):
+    """A fleet cannot go on: no device answered, or the folder belongs to another fleet."""
+
+
 class DiskError(UserError):
     """A write the job needs failed: the message names the file, the cause and the next step."""
 

@@ -41,15 +41,15 @@ def lines(record: dict, opt_config) -> list[str]:
     kind = f"{low} low-rank (r {record['rank']})" if record["graph"] == "lowrank" else f"{low} full-rank"
     out = [f"run: {record['optimizer']} ({record['preset']}) from step {record['step']} of {record['steps']}, "
            f"seed {record['seed']}, batch {record['batch_size']}",
-           f"  optimizer: {values}",
-           f"  trains {record['trained_tensors']} tensors ({kind}, {record['dense_tensors']} dense), "
+           f"run: optimizer {values}",
+           f"run: trains {record['trained_tensors']} tensors ({kind}, {record['dense_tensors']} dense), "
            f"{record['trained_parameters']:,} parameters of {record['bundle']}",
-           f"  data: {record['train_examples']} training examples, {record['eval_examples']} eval; "
+           f"run: data {record['train_examples']} training examples, {record['eval_examples']} eval; "
            f"provider {record['provider']}, {record['threads']} threads"]
     if record["budget_mib"] is not None:
         planned = record["planned_peak_mib"]
         plan = f"planned peak {planned:.0f} MiB" if planned is not None else "not planned (--no-plan)"
-        out.append(f"  memory: {plan}, budget {record['budget_mib']:.0f} MiB (the guard holds it)")
+        out.append(f"run: memory {plan}, budget {record['budget_mib']:.0f} MiB (the guard holds it)")
     return out
 
 

@@ -26,14 +26,10 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from edge_zo import checkpoint
-from edge_zo.errors import UserError
+from edge_zo.errors import FleetError
 from edge_zo.fleet import wire
 
 FLEET_NAME = "fleet.json"
-
-
-class FleetError(UserError):
-    """The fleet cannot go on: no client answered, or the folder belongs to another fleet."""
 
 
 class Transport(Protocol):

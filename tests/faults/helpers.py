@@ -14,7 +14,8 @@ import numpy as np
 from edge_zo.checkpoint import load_latest
 
 ENV = {**os.environ, "TQDM_DISABLE": "1"}  # no progress bars: stderr holds only what we say
-NOTICES = ("edge-zo: note:", "edge-zo: warning:")  # said once beside a result (edge_zo/notices.py)
+# said once beside a result (edge_zo/notices.py), and a run's opening lines (edge_zo/run_summary.py)
+NOTICES = ("edge-zo: note:", "edge-zo: warning:", "run: ")
 
 
 def cli(*args, timeout: float = 180, **popen) -> subprocess.CompletedProcess:
