@@ -122,17 +122,17 @@ def make_feed(session, manifest, bundle: Path, args) -> dict:
     """Random tokens; W (where still a graph input) from the bundle, random A and small D."""
     import numpy as np
 
-    from edge_zo.loading import read_weights
+    from edge_zo.loading import locate_weights, read_tensor
     rng = np.random.default_rng(0)
     names = {i.name for i in session.get_inputs()}
     feed = {"input_ids": rng.integers(3, 1000, (args.batch, args.seq)),
             "attention_mask": np.ones((args.batch, args.seq), np.int64),
             "labels": rng.integers(0, len(manifest.label_words), args.batch)}
-    weights = read_weights(bundle, manifest)[0]
+    records = locate_weights(bundle, manifest)[0]
     for mat in manifest.matrices:
         (m, n), inputs = mat.shape, mat.inputs
-        if inputs["W"] in names:
-            feed[inputs["W"]] = weights[mat.name]
+        if inputs["W"] in names:  # only these: a quantized graph's peak must not hold fp32 W it never uses
+            feed[inputs["W"]] = read_tensor(bundle, bundle / manifest.model_file, records[mat.name], mat)
         if "A" in inputs:
             feed[inputs["A"]] = rng.standard_normal((m, manifest.rank), np.float32)
             feed[inputs["D"]] = rng.standard_normal((args.probes, manifest.rank, n), np.float32) * 1e-3

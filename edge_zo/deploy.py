@@ -42,7 +42,11 @@ from edge_zo.predict import DESCRIPTION_NAME, MODEL_NAME, TOKENIZER_NAME
 from edge_zo.runtime import Runtime
 
 # Allowed max |deployed - training graph| per score: absolute + relative * |score|.
-TOLERANCE = {"fp32": (1e-4, 1e-5), "fp16": (5e-2, 1e-2)}
+# A quantized base (export --weights int8|int4) quantizes activations inside its MatMuls: the
+# training graph (adapter inside the probe path) and the deployed one (adapter on its own)
+# differ by float rounding, and a rounding step of an activation moves a score by far more
+# (MiniLM after 12 steps: 1.45e-3), so their parity is held to this looser bound.
+TOLERANCE = {"fp32": (1e-4, 1e-5), "fp16": (5e-2, 1e-2), "quantized": (5e-3, 1e-3)}
 PARITY_BATCHES, PARITY_BATCH_SIZE = 3, 8
 SINGLE_FILE_LIMIT = 2**31 - 2**26  # protobuf's 2 GB cap, less room for the graph itself
 FP16_MIN_ELEMENTS = 16  # scalars and tiny vectors are not worth a Cast node
@@ -133,7 +137,8 @@ def _write_checked(opts: DeployOptions, config, manifest, runtime: Runtime, snap
         del model
         tokenizer = load_tokenizer(config.bundle)
         rows, source = parity_batches(config, manifest, tokenizer)
-        tolerance = "fp16" if opts.dtype == "fp16" or manifest.matrices[0].dtype == "float16" else "fp32"
+        tolerance = "fp16" if opts.dtype == "fp16" or manifest.matrices[0].dtype == "float16" else \
+            "quantized" if manifest.weights != "fp32" else "fp32"
         diff = check_parity(staged, runtime, rows, tolerance)
         report = DeployReport(opts.out, label, size, diff, sum(len(b.labels) for b in rows), source)
         if opts.only_if_better and model_path(opts.out).exists():
