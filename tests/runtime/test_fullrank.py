@@ -158,7 +158,7 @@ def test_block_perturb_is_w_plus_d_and_restores_bit_exactly(layout, dtype, zero_
     t = _target(w0.copy(), (m, n), layout, zero_copy)
     key, offset = Key.root(7), np.linspace(-1, 1, n).astype(np.float32)
     stream = rng.noise_stream(key, "W")
-    (record,) = noise.exact_perturb([t], [stream], 1e-3, [offset])
+    (record,) = noise.perturb([t], [stream], 1e-3, [offset])
     d = _reference_d(key, (m, n), (m, n), layout, 1e-3, offset, dtype)
     assert np.array_equal(t.buf.read(), w0 + d)  # the same fl(W + d) as whole-tensor numpy
     assert record[1].size >= 2 and noise.record_nbytes(record) < w0.size + 64  # ~1 byte an element
@@ -195,7 +195,7 @@ def test_a_failing_block_leaves_w_as_it_was(monkeypatch, failing):
 
     monkeypatch.setattr(rng, "fill_block", flaky)
     with pytest.raises(MemoryError):
-        noise.exact_perturb(ts, streams, 1e-3, [None] * 3)
+        noise.perturb(ts, streams, 1e-3, [None] * 3)
     monkeypatch.setattr(rng, "fill_block", real)
     for t, want in zip(ts, (w0, w0, w0.T)):
         assert t.buf.read().tobytes() == want.tobytes()
@@ -207,7 +207,7 @@ def test_a_failing_sweep_leaves_w_unperturbed(monkeypatch, fail_in):
     w0 = np.random.default_rng(3).standard_normal((3, rng.BLOCK)).astype(np.float32)
     t = _target(w0.copy(), w0.shape, "out_in")
     stream = rng.noise_stream(Key.root(10), "W")
-    records = noise.exact_perturb([t], [stream], 1e-3, [None]) if fail_in == "undo+perturb" else None
+    records = noise.perturb([t], [stream], 1e-3, [None]) if fail_in == "undo+perturb" else None
     op = noise.Sweep(undo=1e-3 if records else None, perturb=-1e-3)
     real, failed = rng.fill_block, []
 
