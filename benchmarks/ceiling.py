@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -79,13 +78,13 @@ class Job:
         torch.manual_seed(seed)
         self.args, self.task = args, quality_tasks.TASKS[args.task]
         self.tokenizer, self.model = load_encoder(args.tiny)
-        train, self.dev, self.test = quality_tasks.split(args.task, seed, 1000)
-        self.train = train[:64] if args.tiny else train
-        self.y = {id(rows): self.labels(rows) for rows in (self.train, self.dev, self.test)}
-        X = self.features(self.train)
+        train, dev, test = quality_tasks.split(args.task, seed, 1000)
+        self.rows = {"train": train[:64] if args.tiny else train, "dev": dev, "test": test}
+        self.y = {split: self.labels(rows) for split, rows in self.rows.items()}
+        X = self.features(self.rows["train"])
         classes = len(self.task.labels)
-        self.l2, self.cv = linear_probe.choose_l2(X, self.y[id(self.train)], classes, seed)
-        H = linear_probe.fit_logistic(X, self.y[id(self.train)], classes, self.l2)
+        self.l2, self.cv = linear_probe.choose_l2(X, self.y["train"], classes, seed)
+        H = linear_probe.fit_logistic(X, self.y["train"], classes, self.l2)
         self.H = torch.nn.Parameter(torch.tensor(H, dtype=torch.float32))
 
     def labels(self, rows) -> np.ndarray:
@@ -110,9 +109,9 @@ class Job:
         with torch.no_grad():
             return torch.cat([self.pooled(rows[i:i + 64]) for i in range(0, len(rows), 64)]).double().numpy()
 
-    def accuracy(self, rows) -> float:
-        scores = self.features(rows) @ self.H.detach().double().numpy().T
-        return float((scores.argmax(1) == self.y[id(rows)]).mean())
+    def accuracy(self, split: str) -> float:
+        scores = self.features(self.rows[split]) @ self.H.detach().double().numpy().T
+        return float((scores.argmax(1) == self.y[split]).mean())
 
     def trained(self, mode: str) -> list:
         bitfit = mode.endswith("bitfit")
@@ -122,8 +121,8 @@ class Job:
 
     def loss(self, idx):
         import torch
-        rows = [self.train[i] for i in idx]
-        y = torch.tensor(self.y[id(self.train)][idx])
+        rows = [self.rows["train"][i] for i in idx]
+        y = torch.tensor(self.y["train"][idx])
         return torch.nn.functional.cross_entropy(self.pooled(rows) @ self.H.T, y)
 
 
@@ -150,7 +149,7 @@ def run_seed(args, seed: int) -> dict:
     torch.set_num_threads(args.threads)
     clock = common.Stopwatch()
     job = Job(args, seed)
-    start = {"step": 0, "forwards": 0, "dev": job.accuracy(job.dev), "test": job.accuracy(job.test)}
+    start = {"step": 0, "forwards": 0, "dev": job.accuracy("dev"), "test": job.accuracy("test")}
     report = {"mode": args.mode, "task": args.task, "seed": seed, "lr": args.lr, "mu": args.mu,
               "l2": job.l2, "cv_acc": job.cv, "curve": [start], **common.machine()}
     params = job.trained(args.mode)
@@ -160,7 +159,7 @@ def run_seed(args, seed: int) -> dict:
     rng = np.random.default_rng(seed)
     every = max(1, args.steps // args.evals)
     for t in range(1, 0 if args.mode == "lp" else args.steps + 1):
-        idx = rng.choice(len(job.train), args.batch, replace=False)
+        idx = rng.choice(len(job.rows["train"]), args.batch, replace=False)
         if zo:
             spsa_step(job, params, idx, int(rng.integers(2**31)), args.lr, args.mu)
         else:
@@ -168,8 +167,8 @@ def run_seed(args, seed: int) -> dict:
             job.loss(idx).backward()
             optimizer.step()
         if t % every == 0 or t == args.steps:
-            point = {"step": t, "forwards": t * (2 if zo else 3), "dev": job.accuracy(job.dev),
-                     "test": job.accuracy(job.test), "seconds": clock()}
+            point = {"step": t, "forwards": t * (2 if zo else 3), "dev": job.accuracy("dev"),
+                     "test": job.accuracy("test"), "seconds": clock()}
             report["curve"].append(point)
             print(f"{args.mode} seed {seed} step {t}: dev {point['dev']:.3f} test {point['test']:.3f} "
                   f"({clock():.0f} s)", flush=True)

@@ -354,7 +354,7 @@ def score(path: Path, batches: list, task: str) -> float:
     """Accuracy (classification, multiple choice) or mean token NLL (causal-lm text) of a
     deployed model, scored as finetune scores it (edge_zo/evaluation.py)."""
     session = _session(path)
-    metrics = evaluation.score(iter(batches), lambda batch: _run(session, batch, task), task)
+    metrics = evaluation.score(batches, lambda batch: _run(session, batch, task), task)
     return metrics.get("eval_acc", metrics.get("eval_loss", 0.0))
 
 

@@ -12,7 +12,7 @@ differs (the training runtime, or a deployed model's session). Per task kind:
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -26,7 +26,7 @@ def batches(examples: list, tokenizer, manifest, size: int) -> Iterator[Batch]:
         yield make_batch(examples[start:start + size], tokenizer, manifest.max_seq_len, manifest.pad_token_id)
 
 
-def score(batches: Iterator[Batch], scores_of: Callable[[Batch], np.ndarray], task: str) -> dict:
+def score(batches: Iterable[Batch], scores_of: Callable[[Batch], np.ndarray], task: str) -> dict:
     """The metrics of one pass over `batches`; {} when there are none."""
     right = rows = 0
     ce = nll = tokens = 0.0
