@@ -37,6 +37,7 @@ import common  # noqa: E402
 import quality_tasks  # noqa: E402
 
 BUDGETS = (500, 1000, 2000)  # forward passes at which the table reads a run's test score
+WALL_BUDGET_S = 300  # seconds of training (probe included) at which it reads one more: a user's budget is time
 DEFAULT_SHOTS = {"sst2": 8, "rte": 4, "boolq": 2, "cb": 4, "copa": 8, "wiki": 0}
 
 
@@ -52,6 +53,8 @@ def parse(argv):
     p.add_argument("--shots", type=int, default=None, help="icl demonstrations (default per task)")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="finetune keys for a lever, e.g. optimizer.eta=3e-2 preset=mezo")
+    p.add_argument("--weights", default="fp32", choices=("fp32", "int8", "int4"),
+                   help="edge-zo export's --weights: the frozen base's format (a quantized bundle trains an adapter)")
     p.add_argument("--fresh", action="store_true", help="rerun cells already in --results")
     p.add_argument("--table", action="store_true", help="print and write the table of every cell in --results")
     args = p.parse_args(argv)
@@ -76,7 +79,8 @@ def main(argv=None) -> int:
         clock, machine = common.Stopwatch(), common.machine()
         files = quality_tasks.write_split(args.task, seed, args.work / "quality-data" / args.task, args.test_examples)
         cell = (finetune_cell if args.method == "finetune" else prompt_cell)(args, task, bundle, files, seed)
-        settings = args.overrides + ([] if args.head == "auto" else [f"--head {args.head}"])
+        settings = (args.overrides + ([] if args.head == "auto" else [f"--head {args.head}"])
+                    + ([] if args.weights == "fp32" else [f"--weights {args.weights}"]))
         cell.update(model=common.tag(args), task=args.task, method=args.method, seed=seed, settings=settings,
                     budget=args.budget if args.method == "finetune" else 0, batch_size=args.batch,
                     command=common.command(__file__, argv), wall_s=clock(), **machine)
@@ -89,6 +93,7 @@ def main(argv=None) -> int:
 def cell_path(args, seed: int) -> Path:
     settings = "".join(f"-{item.replace('optimizer.', '')}" for item in sorted(args.overrides))
     settings += "" if args.head == "auto" else f"-head-{args.head}"
+    settings += "" if args.weights == "fp32" else f"-{args.weights}"
     budget = f"-b{args.budget}" if args.method == "finetune" else ""
     shots = f"-k{args.shots}" if args.method == "icl" and args.shots else ""
     return args.results / "quality" / f"{common.tag(args)}-{args.task}-{args.method}{settings}{shots}{budget}-seed{seed}.json"
@@ -114,11 +119,12 @@ def bundle_for(args, task: quality_tasks.Task) -> Path:
     seq = task.max_seq_len if encoder or args.tiny else max(task.max_seq_len, 512)
     graph = "fullrank" if any(item in ("preset=mezo", "preset=loren") for item in args.overrides) else "lowrank"
     folder = args.work / (f"quality-{common.tag(args)}-{key}-t{seq}{'-fullrank' if graph == 'fullrank' else ''}"
-                          + ("" if args.head == "auto" else f"-{args.head}"))
+                          + ("" if args.head == "auto" else f"-{args.head}")
+                          + ("" if args.weights == "fp32" else f"-{args.weights}"))
     if not (folder / "manifest.json").is_file():
         export_bundle(ExportOptions(model=model, task="causal-lm" if causal else "classification", out=folder,
                                     force=True, rank=args.rank, graph=graph, label_words=[] if causal else words,
-                                    head=args.head, max_seq_len=seq))
+                                    head=args.head, max_seq_len=seq, weights=args.weights))
     return folder
 
 
@@ -280,6 +286,12 @@ def at_budget(cell: dict, budget: int, metric: str) -> float | None:
     return within[-1][f"test_{metric}"] if within and budget <= cell["budget"] else None
 
 
+def at_time(cell: dict, seconds: float, metric: str) -> float | None:
+    """The test score of the last evaluation within `seconds` of training (this machine, its load)."""
+    within = [e for e in cell["evals"] if e["train_s"] <= seconds]
+    return within[-1][f"test_{metric}"] if within else None
+
+
 def write_table(args) -> int:
     cells = [json.loads(p.read_text()) for p in sorted((args.results / "quality").glob("*.json"))]
     groups: dict[tuple, list[dict]] = {}
@@ -289,22 +301,27 @@ def write_table(args) -> int:
             setting += f" (k={c['shots']})"
         groups.setdefault((c["model"], c["task"], setting), []).append(c)
     lines = ["| model | task | setting | test start (ZS or LP) | " + " | ".join(f"test @{b} fwd" for b in BUDGETS)
-             + " | best-dev snapshot | gain over start (paired) | s / 1000 fwd |", "|" + "---|" * (7 + len(BUDGETS))]
+             + f" | test @{WALL_BUDGET_S // 60} min | best-dev snapshot | gain over start (paired) | s / 1000 fwd | load |",
+             "|" + "---|" * (9 + len(BUDGETS))]
     for (model, task, setting), group in sorted(groups.items()):
         metric = group[0]["metric"]
         if group[0]["method"] != "finetune":
             value = [c["summary"][f"{group[0]['method'].replace('-', '_')}_{metric}"] for c in group]
-            lines.append(f"| {model} | {task} | {setting} | {mean_se(value)} |" + " |" * (len(BUDGETS) + 3))
+            lines.append(f"| {model} | {task} | {setting} | {mean_se(value)} |" + " |" * (len(BUDGETS) + 5))
             continue
         starts = [c["summary"][f"start_{metric}"] for c in group]
         budgets = [mean_se([v for c in group if (v := at_budget(c, b, metric)) is not None]) for b in BUDGETS]
+        timed = mean_se([v for c in group if (v := at_time(c, WALL_BUDGET_S, metric)) is not None])
         best = [c["summary"][f"best_dev_{metric}"] for c in group]
         gain = [b - s for b, s in zip(best, starts)]
         rate = [1000 * c["evals"][-1]["train_s"] / max(1, c["evals"][-1]["forward_passes"]) for c in group]
+        load = [x for c in group for x in (c["load_avg_start"][0], c["load_avg_end"][0])]
         lines.append(f"| {model} | {task} | {setting} | {mean_se(starts)} | " + " | ".join(budgets)
-                     + f" | {mean_se(best)} | {mean_se(gain)} | {sum(rate) / len(rate):.0f} |")
+                     + f" | {timed} | {mean_se(best)} | {mean_se(gain)} | {sum(rate) / len(rate):.0f}"
+                     + f" | {min(load):.1f}-{max(load):.1f} |")
     table = "\n".join(lines)
     print(table)
+    args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "quality.md").write_text(table + "\n")
     return 0
 

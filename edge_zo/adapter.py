@@ -68,7 +68,7 @@ def write(folder: Path, manifest, base: dict, trained: dict, rank: int = 0) -> d
     rank = rank or manifest.adapter_rank or manifest.rank  # a quantized bundle's R: exact
     if manifest.rank < 1:
         raise UserError(f"--adapter: the bundle is full-rank (rank 0), so there is no rank to cut the update "
-                        f"to; deploy without --adapter, or export a low-rank bundle (edge-zo export --rank R)")
+                        "to; deploy without --adapter, or export a low-rank bundle (edge-zo export --rank R)")
     arrays, matrices = {}, {}
     for mat in manifest.matrices:
         if "U" in mat.inputs:  # a quantized base: the update is its adapter U V (out x in)

@@ -76,7 +76,7 @@ class MetricsLog:
                 records.append(record)
         if skipped and not self._warned:
             self._warned = True
-            print(f"warning: {self.path}: skipped {len(skipped)} line(s) that are not metrics records "
+            print(f"edge-zo: warning: {self.path}: skipped {len(skipped)} line(s) that are not metrics records "
                   f"(line {', '.join(map(str, skipped[:5]))}{' ...' if len(skipped) > 5 else ''})",
                   file=sys.stderr)
         return records

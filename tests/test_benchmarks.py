@@ -121,3 +121,18 @@ def test_ceiling(dirs, shared_data, mode):
     assert report["best"]["dev"] == max(p["dev"] for p in report["curve"])
     # BitFit trains the vectors and the head only: far fewer than every weight of the encoder
     assert (report["trained_parameters"] < 3000) == (mode == "zo-bitfit")
+
+
+def test_ceiling_text(dirs, shared_data):
+    """The personalization room: backprop on the wiki paragraphs lowers held-out NLL per token."""
+    _, results = dirs
+    cmd = [sys.executable, str(REPO / "benchmarks" / "ceiling_text.py"), "--tiny", "--lr", "1e-2",
+           "--results", str(results)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((results / "ceiling" / "tiny-wiki-bp-all-lr0.01-s4-seed0.json").read_text())
+    assert [e["step"] for e in report["evals"]] == [0, 2, 4] and report["evals"][-1]["forward_passes"] == 12
+    best = min(report["evals"], key=lambda e: e["eval_loss"])
+    assert report["best_dev_loss"] == best["test_loss"] and report["start_loss"] == report["evals"][0]["test_loss"]
+    # a random model learns the text's token statistics in a few steps at this rate
+    assert report["best_dev_loss"] < report["start_loss"] and report["change"] < 0

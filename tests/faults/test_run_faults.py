@@ -179,7 +179,7 @@ def test_foreign_lines_in_metrics_are_skipped_with_a_warning(reference, tmp_path
         f.write('{"foreign": true}\nnot json\n["a", "list"]\n')
     result = resume(run)
     line = assert_clean(result, 0, run / "metrics.jsonl", "skipped 3 line")
-    assert line.startswith("warning:")
+    assert line.startswith("edge-zo: warning:")
     assert all(json.loads(l).get("kind") for l in (run / "metrics.jsonl").read_text().splitlines())
 
 
