@@ -116,7 +116,7 @@ def _nbytes(mat, adapter_rank: int = 0) -> int:
 
 
 def quantized_nbytes(mat, weights: str) -> int:
-    """A quantized base W's bytes in the graph (export/quantize.py): int8 plus a float32 scale
+    """A quantized base W's bytes in the graph (edge_zo_export/quantize.py): int8 plus a float32 scale
     and int8 zero point per output row; int4 half a byte plus a float32 scale per 32-block."""
     if "U" not in mat.inputs:
         return 0

@@ -4,7 +4,9 @@ A profile states what a job may use on a device (docs/profiles.md): total memory
 the OS keeps, whether CPU and GPU share memory (Jetson), the execution provider, dtype,
 the weight formats it runs, threads, and the oldest onnxruntime the device's software line
 ships (which decides the bundle's opset). A job planned for a profile runs on its provider
-unless the run says otherwise, and a bundle in a weight format it does not list is refused. Built-in profiles live in the top-level `device_profiles/` folder; a user's
+unless the run says otherwise, and a bundle in a weight format it does not list is refused.
+Built-in profiles are package data of edge_zo (`edge_zo/device_profiles/`, read through
+importlib.resources, so they travel inside the wheel); a user's
 own file works the same way: `--profile path/to/my-board.toml`.
 """
 
@@ -56,14 +58,15 @@ class DeviceProfile:
         return {"provider": self.execution_provider}
 
 
-def builtin_dir() -> Path:
-    import device_profiles  # a data package: the TOML files beside its __init__
+def builtin_dir():
+    """The built-in profiles' folder (a Traversable: a Path where edge_zo is on disk)."""
+    from importlib.resources import files
 
-    return Path(device_profiles.__file__).parent
+    return files("edge_zo") / "device_profiles"
 
 
 def builtin_names() -> list[str]:
-    return sorted(p.stem for p in builtin_dir().glob("*.toml"))
+    return sorted(p.name[:-len(".toml")] for p in builtin_dir().iterdir() if p.name.endswith(".toml"))
 
 
 def load_profile(name_or_path: str) -> DeviceProfile:
@@ -79,12 +82,12 @@ def load_profile(name_or_path: str) -> DeviceProfile:
     return parse_profile(path)
 
 
-def parse_profile(path: Path) -> DeviceProfile:
+def parse_profile(path) -> DeviceProfile:
     try:
         raw = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise UserError(f"{path}: not valid TOML ({err})") from None
-    raw.setdefault("name", path.stem)
+    raw.setdefault("name", Path(path.name).stem)  # path: a Path, or a Traversable (built-ins)
     spec = {f.name: f for f in fields(DeviceProfile)}
     unknown = sorted(set(raw) - set(spec))
     if unknown:
