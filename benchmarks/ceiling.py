@@ -59,7 +59,7 @@ def parse(argv):
 
 def load_encoder(tiny: bool):
     from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel
-    from export import models
+    from edge_zo_export import models
     folder = models.resolve("minilm").folder
     tokenizer = AutoTokenizer.from_pretrained(folder)
     if tiny:

@@ -45,7 +45,7 @@ def parse(argv):
 
 def load_lm(tiny: bool):
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
-    from export import models
+    from edge_zo_export import models
     folder = models.resolve("smollm2-135m").folder
     tokenizer = AutoTokenizer.from_pretrained(folder)
     if tiny:

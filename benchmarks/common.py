@@ -71,7 +71,7 @@ def exports(args, graphs=("lowrank",)) -> dict[str, Path]:
 
 def export(args, graph: str) -> Path:
     """One bundle (`edge-zo export` with the model's label words and --max-seq-len seq)."""
-    from export.pipeline import ExportOptions, export_bundle
+    from edge_zo_export.pipeline import ExportOptions, export_bundle
     model = model_arg(args)
     name = Path(model).name if args.tiny else model
     folder = args.work / f"{name}-{graph}-r{args.rank}-t{args.seq}{'' if args.head == 'auto' else '-' + args.head}"

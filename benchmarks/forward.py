@@ -7,7 +7,7 @@ Run by hand (DESIGN.md section 9: targets are measured here, never by timed test
     python benchmarks/forward.py --tiny            # a seconds-long smoke run for CI
 
 It exports, once per model into --work, the low-rank training bundle and a plain export of
-the same loss head with every weight an initializer (export.pipeline.export_inference_graph).
+the same loss head with every weight an initializer (edge_zo_export.pipeline.export_inference_graph).
 Timing: one worker process holds both graphs and alternates their runs (order rotating),
 so load from other processes hits every variant alike. Memory: one fresh worker per variant
 (numpy + onnxruntime only), peak RSS = its VmHWM. The JSON holds every sample and medians.
@@ -89,7 +89,7 @@ def build_tiny(work: Path) -> str:
 
 def export_once(model: str, args) -> tuple[Path, Path]:
     """(training bundle, plain graph), exported on the first run and reused after."""
-    from export.pipeline import ExportOptions, export_bundle, export_inference_graph
+    from edge_zo_export.pipeline import ExportOptions, export_bundle, export_inference_graph
     tag = Path(model).name if args.tiny else model
     # the same folder as benchmarks/common.export's low-rank bundle: one export serves all scripts
     bundle = args.work / f"{tag}-lowrank-r{args.rank}-t{max(args.seq, 16)}{'' if args.probes == 4 else f'-p{args.probes}'}"

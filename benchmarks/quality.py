@@ -104,7 +104,7 @@ def cell_path(args, seed: int) -> Path:
 def bundle_for(args, task: quality_tasks.Task) -> Path:
     """The task's bundle, exported once into --work: MiniLM's linear head per label count,
     SmolLM2's label words per word set (a causal-lm bundle for multiple choice)."""
-    from export.pipeline import ExportOptions, export_bundle
+    from edge_zo_export.pipeline import ExportOptions, export_bundle
     model = common.model_arg(args)
     causal = task.causal
     encoder = args.model == "minilm" and not args.tiny

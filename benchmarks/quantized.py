@@ -6,8 +6,8 @@ Run by hand on an exported low-rank bundle (never by timed tests):
         --checkpoint RUN/best/ckpt-000000747.npz
 
 Variants, one graph each, written once into --work from the bundle's model.onnx by
-export/quantize.py: fp32 (the training graph as exported, W fed as inputs as the runtime
-binds them) and the forms of export.quantize.FORMS. Timing: one worker process holds every
+edge_zo_export/quantize.py: fp32 (the training graph as exported, W fed as inputs as the runtime
+binds them) and the forms of edge_zo_export.quantize.FORMS. Timing: one worker process holds every
 session and alternates their runs (order rotating each round), so load from other processes
 hits all alike. FORM@R: the same with the rank-R adapter inputs U, V of a quantized bundle
 (zeros). Memory: one fresh worker per variant, peak RSS = its VmHWM. Agreement: the
@@ -84,12 +84,12 @@ def variant_path(args, name: str) -> Path:
 
 
 def build_variants(args) -> dict[str, Path]:
-    """name -> graph; each quantized graph is written once (export.quantize.quantize_graph)."""
+    """name -> graph; each quantized graph is written once (edge_zo_export.quantize.quantize_graph)."""
     import onnx
 
     from edge_zo.bundle import read_manifest
     from edge_zo.loading import read_weights
-    from export.quantize import Target, quantize_graph
+    from edge_zo_export.quantize import Target, quantize_graph
     names = args.variants.split(",")
     manifest = read_manifest(args.bundle)
     weights = None
@@ -215,7 +215,7 @@ def drift(args, ranks=(8, 16, 32)) -> dict:
 
     from edge_zo.bundle import read_manifest
     from edge_zo.loading import read_weights
-    from export.quantize import dequantize_int8, quantize_int8
+    from edge_zo_export.quantize import dequantize_int8, quantize_int8
     manifest = read_manifest(args.bundle)
     base = read_weights(args.bundle, manifest)[0]
     per = {}

@@ -9,7 +9,7 @@ The PyTorch side follows MOFA-LAB/ZO-MOPI's ZOMuonTrainer (anchors note 2.3, pre
 with the materialised P·u_i (m×n per matrix), a forward, and the same in-place subtraction
 to restore; then per matrix G = mean g_i u_i, M = G (β = 0), one power-iteration sweep
 V = QR(Mᵀ M V_prev), U = normalized columns of M V, W -= η P (U Vᵀ). Same model and loss
-head as the bundle (export.pipeline.prepare: the exporter's own PyTorch module, sdpa
+head as the bundle (edge_zo_export.pipeline.prepare: the exporter's own PyTorch module, sdpa
 attention as the authors' HF model loads it), the same trained matrices (the bundle's
 targets; the released code also perturbs embeddings and 1-D tensors, which this leaves out
 on both sides), the same random batch, r and k, N = 8, fp32, the same threads.
@@ -117,7 +117,7 @@ def edge_worker(args) -> dict:
 def load_torch_core(args):
     """(the exporter's PyTorch module with the bundle's loss head, export's Prepared)."""
     import torch
-    from export.pipeline import ExportOptions, prepare
+    from edge_zo_export.pipeline import ExportOptions, prepare
     torch.set_num_threads(args.threads)
     model = common.model_arg(args)
     prep = prepare(ExportOptions(model=model, task="classification", out=args.work / "unused",

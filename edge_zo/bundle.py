@@ -1,4 +1,4 @@
-"""The bundle format: the manifest schema that `export/` writes and the runtime reads.
+"""The bundle format: the manifest schema that `edge_zo_export/` writes and the runtime reads.
 
 A bundle is a folder (DESIGN.md section 4):
 
@@ -30,7 +30,7 @@ perturbed and updated in full (optimizers see it as one flat vector of m·n entr
 The full-rank graph (`graph == "fullrank"`, MeZO/LOREN) has the same inputs without A
 and D, and P = 1.
 Base weight values: `TrainedMatrix.weight_data` = {location, offset, length} locates W's
-bytes (stored layout, its dtype) inside the bundle (export/ appends them to
+bytes (stored layout, its dtype) inside the bundle (edge_zo_export/ appends them to
 model.onnx.data, where no initializer references them, so onnxruntime never loads a copy).
 `inference_file` (optional, "" in bundles written before it existed) names the plain
 inference graph `edge-zo deploy` merges trained weights into (docs/export.md).

@@ -51,8 +51,13 @@ def score(batches: Iterable[Batch], scores_of: Callable[[Batch], np.ndarray], ta
 
 def evaluate(runtime, C, examples: list, tokenizer, manifest, batch_size: int) -> dict:
     """The training runtime's current weights (+ A C when C is given) on `examples`."""
+    return score(batches(examples, tokenizer, manifest, batch_size), runtime_scores(runtime, C), manifest.task)
+
+
+def runtime_scores(runtime, C) -> Callable[[Batch], np.ndarray]:
+    """The training runtime as `score`'s scorer: bind a batch, run it (+ A C when C is given)."""
     def scores_of(batch: Batch) -> np.ndarray:
         runtime.set_batch(batch.input_ids, batch.attention_mask, batch.labels, batch.loss_mask)
         return runtime.scores(C)
 
-    return score(batches(examples, tokenizer, manifest, batch_size), scores_of, manifest.task)
+    return scores_of

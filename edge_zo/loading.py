@@ -1,7 +1,7 @@
 """Opening a bundle on the device: read the base weights, check the graph against the manifest.
 
 Base weights W are graph inputs (DESIGN.md section 3); their values come either from a
-record in the manifest ({location, offset, length} into model.onnx.data, what `export/`
+record in the manifest ({location, offset, length} into model.onnx.data, what `edge_zo_export/`
 writes, so onnxruntime never sees them) or from an initializer of the same name in the
 model (an "overridable initializer", what tests/runtime/fixtures.py writes). Each is read
 once into an array the runtime owns; nothing else keeps a copy. Every failure is a

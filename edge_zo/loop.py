@@ -159,9 +159,8 @@ def train(config: RunConfig, run_dir: Path, resume: bool, budget: Budget | None,
             journal.close()
             raise
         # ---- one step: probes, update; the journal line makes it count ----------------
-        runtime.set_batch(batch.input_ids, batch.attention_mask, batch.labels, batch.loss_mask)
         try:
-            state, info = opt.step(state, choice.oracle_for(runtime, batch), root.child("step", t))
+            state, info = step(opt, state, runtime, batch, root.child("step", t))
         except DivergedError as err:
             bar.close()
             journal.close()
@@ -190,6 +189,14 @@ def train(config: RunConfig, run_dir: Path, resume: bool, budget: Budget | None,
         tqdm.write(verdict["message"], file=sys.stderr)  # stdout ends in the JSON record
     metrics.mirror.close()
     return last
+
+
+def step(opt, state, runtime: Runtime, batch: Batch, key: Key):
+    """One optimizer step on `batch`: bind it, let the optimizer query its probes' losses
+    (through the multiple-choice oracle where the batch is one) and update; (state, info).
+    The memory plan's calibration child steps through this too (edge_zo/memory/child.py)."""
+    runtime.set_batch(batch.input_ids, batch.attention_mask, batch.labels, batch.loss_mask)
+    return opt.step(state, choice.oracle_for(runtime, batch), key)
 
 
 def dev_verdict(records: list[dict], run_dir: Path) -> dict:
@@ -280,6 +287,12 @@ class BatchSchedule:
 def evaluate(runtime: Runtime, state, examples, tokenizer, manifest, batch_size: int) -> dict:
     """The current weights' metrics on `examples` (edge_zo/evaluation.py)."""
     return evaluation.evaluate(runtime, bind_pending(runtime, state), examples, tokenizer, manifest, batch_size)
+
+
+def evaluate_batches(runtime: Runtime, state, batches) -> dict:
+    """`evaluate` on batches already made (the calibration child's, at its shape)."""
+    return evaluation.score(batches, evaluation.runtime_scores(runtime, bind_pending(runtime, state)),
+                            runtime.manifest.task)
 
 
 def bind_pending(runtime: Runtime, state) -> dict | None:

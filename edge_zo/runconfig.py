@@ -68,7 +68,8 @@ class RunConfig:
     eval_examples: int = opt(0, "score at most this many eval examples (0: all)")
     checkpoint_every: int = opt(100, "steps between checkpoints; the journal covers the steps between")
     seed: int = opt(0, "run seed: the run is a function of its config and seed")
-    provider: str = opt("cpu", "execution provider: cpu or cuda (falls back to cpu with a warning)")
+    provider: str = opt("cpu", "execution provider: cpu or cuda (falls back to cpu with a warning); with "
+                        "--profile, the profile's unless set")
     threads: int = opt(0, "intra-op threads (0: physical cores)")
     probe_slots: int = opt(1, "probes evaluated per forward call (at most the bundle's)")
     linear_probe: str = opt("auto", "fit a linear head on the training set before the ZO steps (LP-then-ZO): "
@@ -113,18 +114,24 @@ class RunConfig:
         bundle's (an explicit `optimizer.r` must agree) with a preset's k above it
         lowered to r // 2.
         """
-        config = build_config(self.preset, self.optimizer)
-        values = dict(self.optimizer)
-        if config.schedule != "constant" and "decay_steps" not in values:
-            values["decay_steps"] = max(self.steps, config.warmup + 1)
-        if bundle_rank and hasattr(config, "r") and config.r != bundle_rank:
-            if "r" in values:
-                raise ConfigError(f"optimizer.r={config.r} but the bundle was exported with rank "
-                                  f"{bundle_rank}: drop optimizer.r or re-export with --rank {config.r}")
-            values["r"] = bundle_rank
-            if getattr(config, "k", 0) > bundle_rank and "k" not in values:
-                values["k"] = max(1, bundle_rank // 2)
-        return build_config(self.preset, values)
+        return optimizer_config(self.preset, self.optimizer, self.steps, bundle_rank)
+
+
+def optimizer_config(preset: str, overrides: dict, steps: int = 0, bundle_rank: int = 0):
+    """`RunConfig.optimizer_config` of a run with these values (`steps` 0: no schedule to end;
+    `edge-zo plan` resolves its --optimizer and optimizer.KEY=VALUE here too)."""
+    config = build_config(preset, overrides)
+    values = dict(overrides)
+    if steps and config.schedule != "constant" and "decay_steps" not in values:
+        values["decay_steps"] = max(steps, config.warmup + 1)
+    if bundle_rank and hasattr(config, "r") and config.r != bundle_rank:
+        if "r" in values:
+            raise ConfigError(f"optimizer.r={config.r} but the bundle was exported with rank "
+                              f"{bundle_rank}: drop optimizer.r or re-export with --rank {config.r}")
+        values["r"] = bundle_rank
+        if getattr(config, "k", 0) > bundle_rank and "k" not in values:
+            values["k"] = max(1, bundle_rank // 2)
+    return build_config(preset, values)
 
 
 def pin_template(config: RunConfig, manifest) -> RunConfig:
@@ -136,9 +143,11 @@ def pin_template(config: RunConfig, manifest) -> RunConfig:
     return dataclasses.replace(config, template=name) if name else config
 
 
-def resolve(file: str | None, options: dict[str, Any], overrides: list[str]) -> RunConfig:
-    """Defaults < TOML file < options (None means not given) < key=value overrides."""
-    values: dict[str, Any] = {}
+def resolve(file: str | None, options: dict[str, Any], overrides: list[str],
+            defaults: dict[str, Any] | None = None) -> RunConfig:
+    """Defaults (the dataclass's, then `defaults`: a device profile's) < TOML file < options
+    (None means not given) < key=value overrides."""
+    values: dict[str, Any] = dict(defaults or {})
     if file:
         try:
             values.update(_flatten(tomllib.loads(Path(file).read_text())))

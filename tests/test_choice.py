@@ -220,13 +220,14 @@ def test_the_memory_plan_sizes_a_copa_step_by_its_candidate_rows(job, monkeypatc
     from edge_zo.runconfig import RunConfig
     seen = []
 
-    def calibrate(bundle, shape, *args):  # the shape the plan would measure, then stop
-        seen.append(shape)
+    def calibrate(job, **options):  # the job the plan would measure, then stop
+        seen.append(job)
         raise RuntimeError("measured enough")
 
     monkeypatch.setattr(plan, "calibrate", calibrate)
-    for template, rows in (("copa", 2 * 8), ("", 8)):
+    for template, rows, choices in (("copa", 2 * 8, 2), ("", 8, 1)):
         config = RunConfig(bundle=str(job / "lm"), data=str(job / "train.jsonl"), template=template, batch_size=8)
         with pytest.raises(RuntimeError, match="measured enough"):
-            plan.plan_job(config, None)
-        assert seen.pop().batch == rows
+            plan.plan_run(config, None)
+        measured = seen.pop()
+        assert (measured.shape.batch, measured.choices) == (rows, choices)

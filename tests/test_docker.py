@@ -196,7 +196,12 @@ def _dockerfile(image: str) -> str:
 
 
 def _runs(image: str) -> str:
-    return "\n".join(i.args for i in parse_dockerfile(_dockerfile(image)) if i.keyword == "RUN")
+    """What the image runs: its RUN instructions, and the docker/*.sh scripts it copies in."""
+    instructions = parse_dockerfile(_dockerfile(image))
+    scripts = [REPO / src for i in instructions if i.keyword == "COPY"
+               for src in shlex.split(i.args)[:-1] if src.startswith("docker/") and src.endswith(".sh")]
+    return "\n".join([i.args for i in instructions if i.keyword == "RUN"] +
+                     [script.read_text(encoding="utf-8") for script in scripts])
 
 
 @pytest.fixture(scope="module")
@@ -255,7 +260,18 @@ def test_gpu_images_install_onnxruntime_gpu_without_the_cpu_build(image):
     own = [args for args in _pip_installs(runs) if "." in args]
     assert own and all("--no-deps" in args for args in own), own
     assert "!= 'onnxruntime'" in runs  # the dependency list read back drops the CPU build
-    assert "! python3 -m pip show -q onnxruntime" in runs
+    assert "if python3 -m pip show -q onnxruntime" in runs
+
+
+def test_device_images_carry_no_exporter():
+    """The exporter is host-side: no image copies it; only the cpu image's WITH_EXPORT branch
+    installs it (bind-mounted for that one RUN), and the GPU images share one install script."""
+    for image in IMAGES:
+        copies = [i.args for i in parse_dockerfile(_dockerfile(image)) if i.keyword == "COPY"]
+        assert not any("export" in c or "device_profiles" in c for c in copies), (image, copies)
+    for image in IMAGES:  # each build fails if the exporter got in anyway
+        assert "find_spec('edge_zo_export') is not None" in _runs(image), image
+    assert all("sh /tmp/install_gpu.sh" in _runs(image) for image in ("cuda", "jetson"))
 
 
 def test_jetson_image_uses_l4t_tag_arg_and_jetson_index():
@@ -273,7 +289,7 @@ def test_gpu_readmes_name_the_runtime_flags_and_a_real_profile():
     jetson = (REPO / "docker/jetson/README.md").read_text(encoding="utf-8")
     assert "--runtime nvidia" in jetson
     for profile in re.findall(r"jetson-[a-z0-9-]+gb", jetson):
-        assert (REPO / "device_profiles" / f"{profile}.toml").is_file(), profile
+        assert (REPO / "edge_zo" / "device_profiles" / f"{profile}.toml").is_file(), profile
 
 
 def test_top_readme_lists_every_image():
@@ -293,8 +309,8 @@ def test_dockerignore_excludes(path, ignore_rules):
 
 
 @pytest.mark.parametrize("path", ["pyproject.toml", "README.md", "edge_zo/cli.py",
-                                  "edge_zo/samples/reviews-train.jsonl", "export/command.py",
-                                  "device_profiles/jetson-orin-nano-8gb.toml", "benchmarks/run.py"])
+                                  "edge_zo/samples/reviews-train.jsonl", "edge_zo_export/command.py",
+                                  "edge_zo/device_profiles/jetson-orin-nano-8gb.toml", "benchmarks/run.py"])
 def test_dockerignore_keeps_sources(path, ignore_rules):
     assert not is_ignored(path, ignore_rules)
 

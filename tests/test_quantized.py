@@ -142,7 +142,7 @@ def test_int4_on_a_llama_and_the_refusals_of_export(job, tmp_path, capsys):
 
 
 def test_plan_counts_the_frozen_base_at_the_size_the_graph_holds(job):
-    from edge_zo.memory.plan import MiB, quantized_nbytes
+    from edge_zo.memory.model import MiB, quantized_nbytes
     manifest = read_manifest(job / "int8")
     graph = onnx.load(str(job / "int8" / "model.onnx"))
     held = sum(onnx.numpy_helper.to_array(t).nbytes for t in graph.graph.initializer if "::q" in t.name)

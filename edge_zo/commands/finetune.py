@@ -30,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "model's label words); your own: template_prompt=...")
     parser.add_argument("--steps", type=int, help="optimizer steps (default 500)")
     parser.add_argument("--batch-size", type=int, help="examples per step (default 16)")
-    parser.add_argument("--provider", choices=("cpu", "cuda"), help="execution provider (default cpu)")
+    parser.add_argument("--provider", choices=("cpu", "cuda"),
+                        help="execution provider (default: the --profile's, else cpu)")
     parser.add_argument("--seed", type=int, help="run seed: a run is a function of config and seed (default 0)")
     parser.add_argument("--config", metavar="FILE", help="TOML config file; options and key=value win over it")
     parser.add_argument("--out", metavar="RUN", help="run folder: config, journal, metrics, checkpoints")
@@ -38,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(with --profile / --memory-budget if it stopped at its budget; --steps, "
                         "optimizer.eta=... may change: docs/finetune.md, resuming)")
     parser.add_argument("--profile", help="device profile (see `edge-zo profiles`) or .toml file: the job "
-                        "is planned against its memory budget and refused if it cannot fit")
+                        "runs on its execution provider (unless --provider), is planned against its memory "
+                        "budget and refused if it cannot fit or its bundle's weight format is not the device's")
     parser.add_argument("--memory-budget", type=int, metavar="MiB",
                         help="memory budget in MiB (overrides the profile's); a guard keeps the job inside it")
     parser.add_argument("--no-plan", action="store_true",
@@ -91,9 +93,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _resolved_config(args: argparse.Namespace):
+    """The run's config; with --profile the profile fills what the run leaves open (its
+    execution provider), below the config file, the options and key=value."""
     from edge_zo import runconfig
+    from edge_zo.memory.profiles import load_profile
 
-    return runconfig.resolve(args.config, {k: getattr(args, k) for k in OPTIONS}, args.overrides)
+    defaults = load_profile(args.profile).run_defaults() if args.profile else {}
+    return runconfig.resolve(args.config, {k: getattr(args, k) for k in OPTIONS}, args.overrides, defaults)
 
 
 def _resumed_config(run_dir: Path, args: argparse.Namespace):
@@ -150,8 +156,8 @@ def check_budget(config, profile_name: str | None, budget_mib: int | None, plan:
     """The job's Budget (None without one), after planning it: a job that cannot fit is
     refused here, before anything heavy loads (the plan's calibration runs in child
     processes and is cached; docs/plan.md). The budget is not saved in the run's config."""
+    from edge_zo.memory import plan as planner
     from edge_zo.memory.guard import Budget
-    from edge_zo.memory.plan import plan_job
     from edge_zo.memory.profiles import load_profile
 
     if profile_name is None and budget_mib is None:
@@ -160,9 +166,10 @@ def check_budget(config, profile_name: str | None, budget_mib: int | None, plan:
     if budget_mib is not None and budget_mib <= 0:
         raise UserError(f"--memory-budget {budget_mib}: a budget is a positive number of MiB")
     budget = Budget(budget_mib if budget_mib is not None else profile.budget_mib, profile)
+    job = planner.job_of_run(config, profile)  # a weight format the profile does not run ends here
     if plan:
-        job = plan_job(config, budget.mib, profile.threads if profile else None)  # as the Runtime will
-        if not job.fits:
-            raise UserError(f"refused before starting: {job.refusal()}; `edge-zo plan` shows the breakdown")
-        budget = dataclasses.replace(budget, planned_peak_mib=job.total_mib)
+        planned = planner.plan_job(job, budget.mib, profile)  # the job `edge-zo plan` plans
+        if not planned.fits:
+            raise UserError(f"refused before starting: {planned.refusal()}; `edge-zo plan` shows the breakdown")
+        budget = dataclasses.replace(budget, planned_peak_mib=planned.total_mib)
     return budget

@@ -1,6 +1,8 @@
 """`edge-zo plan`: predict a job's peak memory on a device profile and what would fit.
 
-The prediction model and its calibration are edge_zo/memory/plan.py (docs/plan.md).
+The job is made as `finetune --profile` makes it (edge_zo/memory/plan.py, one planner):
+the provider is the profile's unless --provider says otherwise, the optimizer is
+--optimizer with its optimizer.KEY=VALUE values, calibrated as that optimizer steps.
 """
 
 from __future__ import annotations
@@ -20,12 +22,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seq-len", type=int, help="tokens per example (default: the bundle's maximum)")
     parser.add_argument("--probe-slots", type=int, default=1, help="probes evaluated per forward call")
     parser.add_argument("--memory-budget", type=int, metavar="MiB", help="override the profile's budget")
+    parser.add_argument("--provider", choices=("cpu", "cuda"),
+                        help="execution provider (default: the profile's, else cpu), as finetune's --provider")
     parser.add_argument("--data", nargs="*", default=[], metavar="FILE",
                         help="the job's data files, counted in the prediction")
     parser.add_argument("--optimizer", metavar="NAME",
-                        help="optimizer or preset whose state to count (default zo-mopi on a low-rank "
-                             "bundle, mezo on a full-rank one)")
+                        help="optimizer or preset whose state is counted and whose steps are calibrated "
+                             "(default zo-mopi on a low-rank bundle, mezo on a full-rank one)")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON (for scripts)")
+    parser.add_argument("overrides", nargs="*", metavar="optimizer.KEY=VALUE",
+                        help="the optimizer's values, as finetune takes them (e.g. optimizer.N=8)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,16 +47,29 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--memory-budget {args.memory_budget}: a budget is a positive number of MiB")
     manifest = read_manifest(args.bundle)
     profile = load_profile(args.profile) if args.profile else None
-    shape = planner.Shape(args.probe_slots, args.batch, args.seq_len or manifest.max_seq_len)
-    _check_shape(shape, manifest)
+    preset = args.optimizer or ("zo-mopi" if manifest.graph == "lowrank" else "mezo")
+    job = planner.make_job(args.bundle, manifest, profile, preset=preset,
+                           opt_config=_optimizer_config(preset, args.overrides, manifest),
+                           batch=args.batch, choices=1, probe_slots=args.probe_slots,
+                           seq_len=args.seq_len or manifest.max_seq_len, provider=args.provider, data=args.data)
+    _check_shape(job.shape, manifest)
     budget = args.memory_budget if args.memory_budget is not None else profile.budget_mib
-    provider = profile.execution_provider if profile else "cpu"
-    cal = planner.calibrate(args.bundle, shape, provider, profile.threads if profile else None,
-                            profile=profile)
-    data = planner.data_mib(args.data)
-    plan = planner.make_plan(cal, manifest, shape, budget, _optimizer_mib(manifest, args.optimizer), data)
+    plan = planner.plan_job(job, budget, profile)
     print(json.dumps(plan.to_json(), indent=2) if args.json else plan.table())
     return EXIT_OK if plan.fits else EXIT_DOES_NOT_FIT
+
+
+def _optimizer_config(preset: str, overrides: list[str], manifest):
+    """The optimizer's config as a run resolves it (edge_zo/runconfig.optimizer_config)."""
+    from edge_zo.optim.configs import parse_overrides
+    from edge_zo.runconfig import optimizer_config
+
+    given = parse_overrides(overrides)
+    other = sorted(k for k in given if not k.startswith("optimizer."))
+    if other:
+        raise UserError(f"{other[0]}=...: plan takes only optimizer.KEY=VALUE (the shape is --batch, --seq-len, "
+                        "--probe-slots)")
+    return optimizer_config(preset, {k.split(".", 1)[1]: v for k, v in given.items()}, 0, manifest.rank)
 
 
 def _check_shape(shape, manifest) -> None:
@@ -61,13 +80,3 @@ def _check_shape(shape, manifest) -> None:
                         "re-export with a larger --max-seq-len or plan a shorter one")
     if shape.probe_slots > manifest.probe_slots:
         raise UserError(f"--probe-slots {shape.probe_slots} is over the bundle's {manifest.probe_slots}")
-
-
-def _optimizer_mib(manifest, preset: str | None) -> float:
-    """The optimizer's state; by default zo-mopi on a low-rank bundle, mezo on a full-rank one."""
-    from edge_zo.memory.plan import optimizer_mib
-    from edge_zo.runconfig import RunConfig
-
-    preset = preset or ("zo-mopi" if manifest.graph == "lowrank" else "mezo")
-    return optimizer_mib(manifest, RunConfig(bundle="(plan)", data="(plan)", preset=preset)
-                         .optimizer_config(manifest.rank))

@@ -1,9 +1,12 @@
 """Device profiles: one TOML file per real device, read and validated here.
 
-A profile states what a job may use on a device (DESIGN.md section 5): total memory, what
+A profile states what a job may use on a device (docs/profiles.md): total memory, what
 the OS keeps, whether CPU and GPU share memory (Jetson), the execution provider, dtype,
-threads, and the oldest onnxruntime the device's software line ships (which decides the
-bundle's opset). Built-in profiles live in the top-level `device_profiles/` folder; a user's
+the weight formats it runs, threads, and the oldest onnxruntime the device's software line
+ships (which decides the bundle's opset). A job planned for a profile runs on its provider
+unless the run says otherwise, and a bundle in a weight format it does not list is refused.
+Built-in profiles are package data of edge_zo (`edge_zo/device_profiles/`, read through
+importlib.resources, so they travel inside the wheel); a user's
 own file works the same way: `--profile path/to/my-board.toml`.
 """
 
@@ -18,10 +21,15 @@ if sys.version_info >= (3, 11):
 else:  # Python 3.10 (JetPack 6 ships it)
     import tomli as tomllib
 
-from edge_zo.errors import UserError
+from edge_zo.errors import ConfigError, UserError
 
 PROVIDERS = ("cpu", "cuda")
 DTYPES = ("fp32", "fp16")
+# A bundle's weight format: its trained matrices' float dtype, or its quantized base
+# (manifest `weights`, `edge-zo export --weights`)
+WEIGHT_FORMATS = ("fp32", "fp16", "int8", "int4")
+DTYPE_NAMES = {"float32": "fp32", "float16": "fp16"}
+EXPORT_FLAGS = {"fp32": "--dtype fp32", "fp16": "--dtype fp16", "int8": "--weights int8", "int4": "--weights int4"}
 
 
 @dataclass(frozen=True)
@@ -37,6 +45,7 @@ class DeviceProfile:
     min_onnxruntime: str  # oldest onnxruntime its software line ships, e.g. "1.16"
     opset: int  # the ONNX opset bundles for it must use (18 for runtimes before 1.17)
     gpu_memory_mib: int = 0  # discrete GPU memory; 0 when there is none or it is unified
+    weight_formats: tuple = ()  # WEIGHT_FORMATS the device runs; empty: not stated, not checked
     source: str = ""  # where the figures come from (data sheet, release notes)
 
     @property
@@ -44,15 +53,20 @@ class DeviceProfile:
         """Host memory a job may plan for: the board's memory less what the OS keeps."""
         return self.memory_mib - self.reserved_mib
 
+    def run_defaults(self) -> dict:
+        """What a run on this device uses unless its config says otherwise."""
+        return {"provider": self.execution_provider}
 
-def builtin_dir() -> Path:
-    import device_profiles  # a data package: the TOML files beside its __init__
 
-    return Path(device_profiles.__file__).parent
+def builtin_dir():
+    """The built-in profiles' folder (a Traversable: a Path where edge_zo is on disk)."""
+    from importlib.resources import files
+
+    return files("edge_zo") / "device_profiles"
 
 
 def builtin_names() -> list[str]:
-    return sorted(p.stem for p in builtin_dir().glob("*.toml"))
+    return sorted(p.name[:-len(".toml")] for p in builtin_dir().iterdir() if p.name.endswith(".toml"))
 
 
 def load_profile(name_or_path: str) -> DeviceProfile:
@@ -68,12 +82,12 @@ def load_profile(name_or_path: str) -> DeviceProfile:
     return parse_profile(path)
 
 
-def parse_profile(path: Path) -> DeviceProfile:
+def parse_profile(path) -> DeviceProfile:
     try:
         raw = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise UserError(f"{path}: not valid TOML ({err})") from None
-    raw.setdefault("name", path.stem)
+    raw.setdefault("name", Path(path.name).stem)  # path: a Path, or a Traversable (built-ins)
     spec = {f.name: f for f in fields(DeviceProfile)}
     unknown = sorted(set(raw) - set(spec))
     if unknown:
@@ -83,12 +97,16 @@ def parse_profile(path: Path) -> DeviceProfile:
         raise UserError(f"{path}: missing keys {missing}")
     for key, value in raw.items():
         _check_type(path, key, value, spec[key].type)
-    profile = DeviceProfile(**raw)
+    profile = DeviceProfile(**{**raw, "weight_formats": tuple(raw.get("weight_formats", ()))})
     _check_values(path, profile)
     return profile
 
 
 def _check_type(path: Path, key: str, value, type_name: str) -> None:
+    if type_name == "tuple":  # a TOML list of strings
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise UserError(f"{path}: {key} = {value!r} must be a list of strings")
+        return
     expected = {"int": int, "str": str, "bool": bool}[type_name]
     if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
         raise UserError(f"{path}: {key} = {value!r} must be {type_name}")
@@ -110,5 +128,27 @@ def _check_values(path: Path, p: DeviceProfile) -> None:
         problems.append("fp16 weights on the CPU execution provider are slower than fp32; use fp32")
     if p.opset not in (18, 20):
         problems.append(f"opset {p.opset} is not one the exporter writes (18 or 20)")
+    unknown = [f for f in p.weight_formats if f not in WEIGHT_FORMATS]
+    if unknown:
+        problems.append(f"weight_formats {unknown} are not among {WEIGHT_FORMATS}")
     if problems:
         raise UserError(f"{path}: " + "; ".join(problems))
+
+
+def weight_format(manifest) -> str:
+    """A bundle's weight format: its quantized base (int8, int4), else its trained matrices' dtype."""
+    if manifest.weights != "fp32":
+        return manifest.weights
+    dtypes = {DTYPE_NAMES.get(m.dtype, m.dtype) for m in manifest.matrices if not m.dense}
+    return "fp16" if "fp16" in dtypes else "fp32"
+
+
+def check_weight_format(profile: DeviceProfile, manifest, bundle) -> None:
+    """Refuse, in one line with the fix, a bundle whose weight format the profile does not run."""
+    held = weight_format(manifest)
+    if not profile.weight_formats or held in profile.weight_formats:
+        return
+    target = profile.dtype if profile.dtype in profile.weight_formats else profile.weight_formats[0]
+    raise ConfigError(f"{bundle} holds {held} weights, which {profile.name} does not run (its weight_formats: "
+                      f"{', '.join(profile.weight_formats)}): re-export it with `edge-zo export ... "
+                      f"{EXPORT_FLAGS[target]}`, or use a profile that lists {held}")

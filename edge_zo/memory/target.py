@@ -14,7 +14,7 @@ import platform
 
 from edge_zo.notices import announce
 
-DTYPE_NAMES = {"float32": "fp32", "float16": "fp16"}
+from edge_zo.memory.profiles import DTYPE_NAMES
 
 
 def say(provider: str, threads: int | None, profile=None, manifest=None) -> None:

@@ -17,7 +17,7 @@ from transformers import AutoTokenizer
 from safetensors.torch import load_file
 
 from edge_zo.bundle import read_manifest
-from export import checks
+from edge_zo_export import checks
 
 pytestmark = pytest.mark.export
 

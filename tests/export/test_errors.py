@@ -8,7 +8,7 @@ from transformers import GPTNeoXConfig
 
 from edge_zo.cli import main
 from edge_zo.errors import UserError
-from export import pipeline
+from edge_zo_export import pipeline
 
 pytestmark = pytest.mark.export
 

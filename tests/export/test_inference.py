@@ -22,7 +22,7 @@ from transformers import AutoModel, AutoTokenizer
 from edge_zo.bundle import read_manifest
 from edge_zo.cli import main
 from edge_zo.errors import UserError
-from export import checks, models, pipeline
+from edge_zo_export import checks, models, pipeline
 
 pytestmark = pytest.mark.export
 

@@ -9,7 +9,7 @@ import pytest
 
 pytestmark = [pytest.mark.slow, pytest.mark.export, pytest.mark.realmodel]
 
-CONVERT = "from export.models import smollm2_folder; print(smollm2_folder())"
+CONVERT = "from edge_zo_export.models import smollm2_folder; print(smollm2_folder())"
 
 
 def test_two_exports_converting_smollm2_at_once_both_succeed(tmp_path):

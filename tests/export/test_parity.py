@@ -12,7 +12,7 @@ import torch
 from conftest import BUNDLES
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from export import checks
+from edge_zo_export import checks
 
 pytestmark = pytest.mark.export
 

@@ -15,7 +15,7 @@ onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper  # noqa: E402
 
 from edge_zo.adapter import absorb  # noqa: E402
-from export.quantize import FORMS, Target, _quantized_nodes, dequantized, quantize_graph  # noqa: E402
+from edge_zo_export.quantize import FORMS, Target, _quantized_nodes, dequantized, quantize_graph  # noqa: E402
 
 
 def run_form(form: str, w: np.ndarray, x: np.ndarray) -> np.ndarray:

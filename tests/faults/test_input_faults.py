@@ -134,7 +134,7 @@ def test_a_budget_that_is_not_positive_is_refused(tiny, tmp_path, command, budge
 
 
 def test_a_missing_data_file_is_not_planned_as_empty():
-    from edge_zo.memory.plan import data_mib
+    from edge_zo.memory.model import data_mib
     with pytest.raises(UserError, match="nowhere.jsonl: data file not found"):
         data_mib(["nowhere.jsonl"])
 

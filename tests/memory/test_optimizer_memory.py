@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from edge_zo.bundle import Manifest, TrainedMatrix
-from edge_zo.memory.plan import MiB, optimizer_mib
+from edge_zo.memory.model import MiB, optimizer_mib
 from edge_zo.runconfig import RunConfig
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from edge_zo import runconfig
-from edge_zo.memory.plan import plan_job
+from edge_zo.memory.plan import plan_run
 
 from . import jobs
 
@@ -28,7 +28,7 @@ def test_predicted_peak_is_within_15_percent_of_measured(model, tmp_path):
     rows = []
     for name, P, B in GRID:
         folder = model(name)
-        predicted = plan_job(config_for(folder, P, B), None).total_mib
+        predicted = plan_run(config_for(folder, P, B), None).total_mib
         result, measured = jobs.run(["finetune", *jobs.job_args(folder, tmp_path / f"{name}-{P}-{B}", P, B)],
                                     tmp_path / "peak")
         assert result.returncode == 0, result.stderr[-2000:]

@@ -10,6 +10,10 @@ import pytest
 
 from edge_zo.bundle import read_manifest
 from edge_zo.memory import plan as planner
+from edge_zo.memory.calibration import calibrate
+from edge_zo.memory.model import Shape
+from edge_zo.memory.profiles import load_profile
+from edge_zo.runconfig import optimizer_config
 
 from . import jobs
 
@@ -45,10 +49,13 @@ def test_plan_prints_components_and_largest_shapes_that_fit(model):
     largest = shrunk["largest_that_fit"]
     assert 1 <= largest["batch"] < 16 and largest["probe_slots"] < 4 and largest["seq_len"] < 128
     # the search is exact on the model: the largest fits, one more does not
-    cal = planner.calibrate(bundle, planner.Shape(4, 16, 128), threads=4)
     manifest = read_manifest(bundle)
+    job = planner.make_job(bundle, manifest, load_profile("raspberry-pi-5-8gb"), preset="zo-mopi",
+                           opt_config=optimizer_config("zo-mopi", {}, 0, manifest.rank), batch=16, choices=1,
+                           probe_slots=4, seq_len=128, provider=None)
+    cal = calibrate(job)
     for value, fits in ((largest["batch"], True), (largest["batch"] + 1, False)):
-        plan = planner.make_plan(cal, manifest, planner.Shape(4, value, 128), budget,
+        plan = planner.make_plan(cal, manifest, Shape(4, value, 128), budget,
                                  shrunk["components_mib"]["optimizer state"])
         assert plan.fits is fits
 

@@ -19,7 +19,7 @@ TINY = Path(__file__).resolve().parents[1] / "export" / "tiny_models.py"  # the 
 def test_runtime_runs_an_exported_bundle(tmp_path, arch, task):
     pytest.importorskip("torch")
     from edge_zo.runtime import Runtime
-    from export.pipeline import ExportOptions, export_bundle
+    from edge_zo_export.pipeline import ExportOptions, export_bundle
     spec = importlib.util.spec_from_file_location("export_tiny", TINY)
     tiny = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tiny)

@@ -62,10 +62,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--label-words {joined[0]!r}: give one word per argument, e.g. --label-words "
                         f"{' '.join(w for w in joined[0].split(',') if w)}")
     try:
-        from export.pipeline import ExportOptions, export_bundle
-    except ImportError as err:
-        raise UserError(f"the exporter needs torch, transformers, onnx and onnxscript ({err}): "
-                        f"pip install 'edge-zo[export]'") from None
+        from edge_zo_export.pipeline import ExportOptions, export_bundle
+    except ImportError as err:  # the package is here, its [export] dependencies are not
+        from edge_zo.cli import PLUGINS
+        raise UserError(f"{PLUGINS['export'][1]} (here: {err})") from None
     opts = ExportOptions(
         model=args.model, task=args.task, out=args.out, targets=args.targets, rank=args.rank,
         probe_slots=args.probe_slots, dtype=args.dtype, max_seq_len=args.max_seq_len,

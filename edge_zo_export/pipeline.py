@@ -17,11 +17,11 @@ import torch
 from edge_zo.bundle import TOKENIZER_NAME, Manifest, TrainedMatrix, tokenizer_sha256, write_manifest
 from edge_zo.errors import UserError
 from edge_zo.leftovers import remove_stale_partials, staging_path
-from export import checks, heads, models, quantize, vocab
-from export.graph import IR_FOR_OPSET, LiftedInput, append_weights, export_graph
-from export.heads import TrainingGraph
-from export.inference import INFERENCE_FILE, check_inference, write_inference
-from export.lowrank import (FULLRANK_ROLES, LOWRANK_ROLES, functional_keys, graph_input_names,
+from edge_zo_export import checks, heads, models, quantize, vocab
+from edge_zo_export.graph import IR_FOR_OPSET, LiftedInput, append_weights, export_graph
+from edge_zo_export.heads import TrainingGraph
+from edge_zo_export.inference import INFERENCE_FILE, check_inference, write_inference
+from edge_zo_export.lowrank import (FULLRANK_ROLES, LOWRANK_ROLES, functional_keys, graph_input_names,
                             inject, layout_of, matrix_shape)
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
@@ -45,7 +45,7 @@ class ExportOptions:
     label_words: list[str] = field(default_factory=list)
     head: str = "auto"
     graph: str = "lowrank"
-    weights: str = "fp32"  # fp32 | int8 | int4: the low-rank matrices' base W (export/quantize.py)
+    weights: str = "fp32"  # fp32 | int8 | int4: the low-rank matrices' base W (edge_zo_export/quantize.py)
     adapter_rank: int | None = None  # R of a quantized bundle's adapter; None: 4 x rank
     force: bool = False
     check: bool = True

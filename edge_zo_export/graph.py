@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from export.heads import TrainingGraph
+from edge_zo_export.heads import TrainingGraph
 
 DATA_SUFFIX = ".data"
 ALIGN = 64  # byte alignment of the appended weights, so the runtime can memory-map them

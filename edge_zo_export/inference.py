@@ -27,8 +27,8 @@ import torch
 from torch import nn
 
 from edge_zo.errors import UserError
-from export.graph import IR_FOR_OPSET
-from export.heads import TrainingGraph
+from edge_zo_export.graph import IR_FOR_OPSET
+from edge_zo_export.heads import TrainingGraph
 
 INFERENCE_FILE = "inference.onnx"
 SCORE_TOLERANCE = {"fp32": 1e-4, "fp16": 2e-1}  # vs PyTorch's scores, relative to max(|s|, 1)

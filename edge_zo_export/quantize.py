@@ -258,8 +258,8 @@ def quantize_bundle(folder, manifest, form: str, adapter_rank: int, batch: dict 
 
     from edge_zo.bundle import write_manifest
     from edge_zo.loading import read_weights
-    from export.checks import run_bundle
-    from export.graph import append_weights
+    from edge_zo_export.checks import run_bundle
+    from edge_zo_export.graph import append_weights
     model_path = folder / manifest.model_file
     weights = read_weights(folder, manifest)[0]
     want = run_bundle(folder, manifest, batch) if batch is not None else None
@@ -287,7 +287,7 @@ def quantize_bundle(folder, manifest, form: str, adapter_rank: int, batch: dict 
 
 def rewrite(path, targets: list[Target], form: str, adapter_rank: int) -> None:
     """quantize_graph on the ONNX file at `path`, saved over it with fresh external data."""
-    from export.graph import data_path
+    from edge_zo_export.graph import data_path
     model = onnx.load(str(path))
     quantize_graph(model, targets, form, adapter_rank)
     data_path(path).unlink(missing_ok=True)

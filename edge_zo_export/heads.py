@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from export.lowrank import probe_slots
+from edge_zo_export.lowrank import probe_slots
 
 HEADS = ("classifier", "label-words", "label-embedding", "linear", "causal-lm")
 LINEAR_HEAD = "linear_head"  # the dense head module the linear head adds to the encoder

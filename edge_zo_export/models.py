@@ -206,7 +206,7 @@ def candidate_summary(eligible: dict[str, nn.Module]) -> list[str]:
 
 
 def check_rank(eligible: dict[str, nn.Module], targets: list[str], rank: int) -> None:
-    from export.lowrank import matrix_shape
+    from edge_zo_export.lowrank import matrix_shape
     for name in targets:
         m, n = matrix_shape(eligible[name])
         if rank > min(m, n):
