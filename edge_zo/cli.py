@@ -130,6 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"edge-zo {args.command}: interrupted", file=sys.stderr)
         return EXIT_SIGINT
+    except BrokenPipeError:
+        # `edge-zo profiles | head`: the reader left; what it read was whole. Python's
+        # recipe: point stdout at devnull so the flush at exit does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:

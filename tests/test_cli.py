@@ -80,3 +80,12 @@ def test_user_errors_print_one_line_and_exit_2():
     assert result.stderr.startswith("edge-zo profiles: error: no device profile named")
     assert "jetson-orin-nano-8gb" in result.stderr  # the message lists what exists
     assert "Traceback" not in result.stderr
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback():
+    """`edge-zo profiles | head -1`: the pipe closes before the table is written."""
+    proc = subprocess.Popen([sys.executable, "-m", "edge_zo.cli", "profiles"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # before the interpreter has even started: every write meets a closed pipe
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 0 and "Traceback" not in err, err
