@@ -85,7 +85,6 @@ def train(config: RunConfig, run_dir: Path, resume: bool, budget: Budget | None,
                       **(budget.runtime_options() if budget else {}))
     runtime.set_probe_slots(config.probe_slots)
     metrics = MetricsLog(run_dir / "metrics.jsonl")  # TensorBoard's events mirror it (edge_zo/events.py)
-    metrics.mirror = events.Events(run_dir, metrics.read())
     guard = MemoryGuard(budget, runtime, run_dir,
                         notify=lambda message, **record: notices.announce(message, metrics, **record))
     opt = optimizer_for(opt_config)
@@ -102,10 +101,11 @@ def train(config: RunConfig, run_dir: Path, resume: bool, budget: Budget | None,
     if resume:
         state, restored = restore(run_dir, runtime, config, state, progress)
         if restored and not changed and verdict.ended(config, progress, metrics.read(), bool(evals)):
-            return verdict.said_finished(config, progress, metrics, run_dir)
+            return verdict.said_finished(config, progress, metrics, run_dir)  # writes nothing
     else:
         config = runconfig.pin_template(config, manifest)  # the default template, named in config.json
         runconfig.save(config, run_dir)
+    metrics.mirror = events.Events(run_dir, metrics.read())
     clock = Clock(progress["train_s"], progress["eval_s"])
     start = run_summary.summary(config, opt_config, runtime, len(train), len(evals), progress["step"], budget)
     tqdm.write("\n".join(run_summary.lines(start, opt_config)), file=sys.stderr)  # stdout: the result JSON

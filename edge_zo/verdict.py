@@ -132,7 +132,6 @@ def said_finished(config, progress: dict, metrics, run_dir: Path) -> dict:
     """`--resume` of a finished run: one line, no step, no evaluation; the result is its
     last evaluation's."""
     announce(nothing_to_do(config, progress, run_dir))
-    metrics.mirror.close()
     last = recorded_eval(metrics.read(), progress["step"])
     return {**last, "stopped_early": progress["step"] < config.steps, "step": progress["step"]} \
         if config.patience else last
