@@ -134,6 +134,7 @@ def test_a_larger_patience_on_resume_goes_on_from_the_stop(still, tmp_path):
     assert json.loads((run / "config.json").read_text())["patience"] == 5
 
 
+@pytest.mark.slow  # real SIGKILLs
 def test_patience_changed_on_resume_of_a_killed_run_replays_its_journal(job, reference, tmp_path):  # noqa: F811
     """Killed with patience=2 (which stops at step 28), resumed with the reference's 5: the
     journaled steps are replayed under the new count, so the run ends as the reference."""
@@ -150,6 +151,7 @@ def test_patience_changed_on_resume_of_a_killed_run_replays_its_journal(job, ref
     assert_same_end(run, reference)
 
 
+@pytest.mark.slow  # real SIGKILLs
 def test_a_run_killed_at_any_moment_stops_at_the_same_step(job, reference, tmp_path):  # noqa: F811
     run = tmp_path / "run"
     proc = start("finetune", "--bundle", job / "bundle", "--data", job / "train.jsonl",
