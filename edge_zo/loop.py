@@ -7,7 +7,8 @@ best/ (the best-dev snapshot). A step is: pick the step's minibatch (a pure func
 seed and step), let the optimizer query the runtime's losses and update, journal the
 losses (fsynced: from then on the step counts), log. Resuming loads the newest intact
 checkpoint and replays the journaled steps after it with their recorded losses instead of
-forward passes, so a run killed at any moment ends in the same weights, bit for bit.
+forward passes (redoing the evaluations among them, which patience counts: edge_zo/verdict.py),
+so a run killed at any moment ends in the same weights, and stops at the same step, bit for bit.
 SIGINT / SIGTERM (edge_zo/stopping.py) and the memory guard stop before a step, after a
 checkpoint there. The command holds the run folder's lock (edge_zo/runfolder.py) throughout.
 """
@@ -49,7 +50,8 @@ def finetune(config: RunConfig, run_dir: Path, resume: bool = False, budget: Bud
 
     `stop` (edge_zo/stopping.py): a signal's flag, honoured before each step with a
     checkpoint. `changed`: the keys `--resume` overrides (RESUME_KEYS); the run goes on
-    from its last checkpoint under them, and the journal's steps after it are redone.
+    from its last checkpoint under them, and the journal's steps after it are redone
+    (patience alone changes no step: they are replayed, counted under the new value).
     """
     last = train(config, run_dir, resume, budget, stop or StopFlag(), changed or {})
     drawn = plot(MetricsLog(run_dir / "metrics.jsonl").read(), run_dir / "metrics.png",
