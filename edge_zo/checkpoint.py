@@ -102,6 +102,14 @@ def save(folder: str | Path, step: int, arrays: dict[str, np.ndarray], meta: dic
     return path
 
 
+def drop_after(folder: str | Path, step: int) -> None:
+    """Remove the checkpoints of steps after `step` (a stretch to be redone), marker first."""
+    for path in Path(folder).glob("ckpt-*.npz"):
+        if int(path.stem.split("-")[1]) > step:
+            path.with_suffix(".done").unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
+
+
 def latest_step(folder: str | Path) -> int | None:
     """The step of the newest checkpoint marked complete (not re-hashed), or None."""
     marked = [p for p in Path(folder).glob("ckpt-*.npz") if p.with_suffix(".done").is_file()]

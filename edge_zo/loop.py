@@ -7,7 +7,8 @@ best/ (the best-dev snapshot). A step is: pick the step's minibatch (a pure func
 seed and step), let the optimizer query the runtime's losses and update, journal the
 losses (fsynced: from then on the step counts), log. Resuming loads the newest intact
 checkpoint and replays the journaled steps after it with their recorded losses instead of
-forward passes, so a run killed at any moment ends in the same weights, bit for bit.
+forward passes (redoing the evaluations among them, which patience counts: edge_zo/verdict.py),
+so a run killed at any moment ends in the same weights, and stops at the same step, bit for bit.
 SIGINT / SIGTERM (edge_zo/stopping.py) and the memory guard stop before a step, after a
 checkpoint there. The command holds the run folder's lock (edge_zo/runfolder.py) throughout.
 """
@@ -22,7 +23,7 @@ import numpy as np
 import psutil
 from tqdm import tqdm
 
-from edge_zo import checkpoint, choice, evaluation, events, linear_probe, notices, run_summary, runconfig
+from edge_zo import checkpoint, choice, evaluation, events, linear_probe, notices, run_summary, runconfig, verdict
 from edge_zo.bundle import read_manifest
 from edge_zo.errors import UserError
 from edge_zo.data import Batch, load_choice, load_classification, load_text, load_tokenizer, make_batch
@@ -34,6 +35,7 @@ from edge_zo.runconfig import RunConfig
 from edge_zo.stopping import StopFlag, Stopped
 from edge_zo.templates import ChoiceTemplate, Template, explicit_words, fit_template
 from edge_zo.runtime import Runtime
+from edge_zo.verdict import dev_verdict  # noqa: F401  (benchmarks/quality.py reads it from here)
 
 
 def finetune(config: RunConfig, run_dir: Path, resume: bool = False, budget: Budget | None = None,
@@ -48,7 +50,8 @@ def finetune(config: RunConfig, run_dir: Path, resume: bool = False, budget: Bud
 
     `stop` (edge_zo/stopping.py): a signal's flag, honoured before each step with a
     checkpoint. `changed`: the keys `--resume` overrides (RESUME_KEYS); the run goes on
-    from its last checkpoint under them, and the journal's steps after it are redone.
+    from its last checkpoint under them, and the journal's steps after it are redone
+    (patience alone changes no step: they are replayed, counted under the new value).
     """
     last = train(config, run_dir, resume, budget, stop or StopFlag(), changed or {})
     drawn = plot(MetricsLog(run_dir / "metrics.jsonl").read(), run_dir / "metrics.png",
@@ -84,7 +87,6 @@ def train(config: RunConfig, run_dir: Path, resume: bool, budget: Budget | None,
                       **(budget.runtime_options() if budget else {}))
     runtime.set_probe_slots(config.probe_slots)
     metrics = MetricsLog(run_dir / "metrics.jsonl")  # TensorBoard's events mirror it (edge_zo/events.py)
-    metrics.mirror = events.Events(run_dir, metrics.read())
     guard = MemoryGuard(budget, runtime, run_dir,
                         notify=lambda message, **record: notices.announce(message, metrics, **record))
     opt = optimizer_for(opt_config)
@@ -92,15 +94,20 @@ def train(config: RunConfig, run_dir: Path, resume: bool, budget: Budget | None,
     state = opt.init(runtime.shapes, opt_config, root.child("init"))
     batches = BatchSchedule(train, config, tokenizer, manifest)
     journal = checkpoint.Journal(run_dir / "journal.jsonl")
-    progress = {"step": 0, "forward_passes": 0, "train_s": 0.0, "eval_s": 0.0, "best": -np.inf}
+    # since_best / evaluated_at: patience's count, in every snapshot (edge_zo/verdict.py)
+    progress = {"step": 0, "forward_passes": 0, "train_s": 0.0, "eval_s": 0.0, "best": -np.inf,
+                "since_best": 0, "evaluated_at": -1}
 
     # ---- a fresh run records its config; a resumed one restores and replays ---------
     restored = False
     if resume:
         state, restored = restore(run_dir, runtime, config, state, progress)
+        if restored and not changed and verdict.ended(config, progress, metrics.read(), bool(evals)):
+            return verdict.said_finished(config, progress, metrics, run_dir)  # writes nothing
     else:
         config = runconfig.pin_template(config, manifest)  # the default template, named in config.json
         runconfig.save(config, run_dir)
+    metrics.mirror = events.Events(run_dir, metrics.read())
     clock = Clock(progress["train_s"], progress["eval_s"])
     start = run_summary.summary(config, opt_config, runtime, len(train), len(evals), progress["step"], budget)
     tqdm.write("\n".join(run_summary.lines(start, opt_config)), file=sys.stderr)  # stdout: the result JSON
@@ -118,29 +125,44 @@ def train(config: RunConfig, run_dir: Path, resume: bool, budget: Budget | None,
         snapshot(run_dir / "checkpoints", 0, runtime, state, progress, clock)
         metrics.write({**record, "step": 0, "train_s": clock.train_s})
         tqdm.write(linear_probe.summary(record))
-    if resume and changed:  # new values from the checkpoint on: its journaled steps are redone
-        journal.truncate_after(progress["step"] - 1)
-        runconfig.save(config, run_dir)  # after the truncation: never new values over old steps
-        metrics.truncate_after(progress["step"])
-        metrics.write({"kind": "resume", "step": progress["step"], "changed": changed})
-    elif resume:
-        state = replay(journal, runtime, opt, state, root, progress)
-        metrics.truncate_after(progress["step"])
+    recorded = {r["step"] for r in metrics.read() if r.get("kind") == "eval"}  # not written twice
+    last: dict = {}
 
-    def evaluate_and_keep_best(step: int) -> dict:
+    def evaluate_and_keep_best(step: int, state) -> dict:
+        nonlocal last
         with clock.evaluating():
-            record = evaluate(runtime, state, evals, tokenizer, manifest, config.batch_size)
-        record.update(kind="eval", step=step, forward_passes=progress["forward_passes"],
-                      train_s=clock.train_s, eval_s=clock.eval_s)
-        metrics.write(record)
-        score = record.get("eval_acc", -record.get("eval_loss", np.inf))
-        if evals and score > progress["best"]:
-            progress["best"] = score
+            last = evaluate(runtime, state, evals, tokenizer, manifest, config.batch_size)
+        last.update(kind="eval", step=step, forward_passes=progress["forward_passes"],
+                    train_s=clock.train_s, eval_s=clock.eval_s)
+        if step not in recorded:  # a replayed evaluation the killed run had recorded is not
+            metrics.write(last)
+            recorded.add(step)
+        if verdict.count(progress, step, verdict.score(last)):
             snapshot(run_dir / "best", step, runtime, state, progress, clock)
-        return record
+        return last
 
-    last = evaluate_and_keep_best(0) if evals and progress["step"] == 0 else {}
-    bar = tqdm(range(progress["step"], config.steps), initial=progress["step"], total=config.steps,
+    def settle(state) -> bool:
+        """The evaluation due at the step reached, unless counted already; whether patience
+        stops the run there."""
+        if evals and verdict.eval_due(config, progress["step"]) and progress["evaluated_at"] < progress["step"]:
+            evaluate_and_keep_best(progress["step"], state)
+        return verdict.exhausted(config, progress)
+
+    redo = {k: v for k, v in changed.items() if k != "patience"}  # patience changes no past step
+    if resume and redo:  # new values from the checkpoint on: its journaled steps are redone
+        journal.truncate_after(progress["step"] - 1)
+    elif resume:  # the journaled steps are replayed, with the evaluations among them
+        state = replay(journal, runtime, opt, state, root, progress, settle)
+    if resume:
+        metrics.truncate_after(progress["step"], ends=not verdict.finished(config, progress))
+        checkpoint.drop_after(run_dir / "best", progress["step"])  # a redone stretch's old bests
+    if resume and changed:
+        runconfig.save(config, run_dir)  # after the truncation: never new values over old steps
+        metrics.write({"kind": "resume", "step": progress["step"], "changed": changed})
+
+    stopped = settle(state)
+    end = progress["step"] if stopped else config.steps
+    bar = tqdm(range(progress["step"], end), initial=progress["step"], total=config.steps,
                desc="finetune", unit="step", dynamic_ncols=True, mininterval=1.0)
     for t in bar:
         batch = batches.at(t)
@@ -175,20 +197,24 @@ def train(config: RunConfig, run_dir: Path, resume: bool, budget: Budget | None,
                         rss=f"{rss_mib():.0f}MiB", **_short(last))
         # ---- evaluation and checkpoints at their intervals ----------------------------
         done = t + 1
-        if evals and config.eval_every and done % config.eval_every == 0 and done < config.steps:
-            last = evaluate_and_keep_best(done)
-        if config.checkpoint_every and done % config.checkpoint_every == 0 or done == config.steps:
+        if evals and verdict.eval_due(config, done):
+            evaluate_and_keep_best(done, state)
+            if verdict.exhausted(config, progress):
+                end = done
+                break
+        if config.checkpoint_every and done % config.checkpoint_every == 0 and done < config.steps:
             clock.tick()
             snapshot(run_dir / "checkpoints", done, runtime, state, progress, clock)
     bar.close()
     journal.close()
-    if evals:
-        last = evaluate_and_keep_best(config.steps)  # the last iterate, beside the best-dev one
-        verdict = dev_verdict(metrics.read(), run_dir)
-        metrics.write({"kind": "verdict", "step": config.steps, **verdict})
-        tqdm.write(verdict["message"], file=sys.stderr)  # stdout ends in the JSON record
-    metrics.mirror.close()
-    return last
+    if evals and progress["evaluated_at"] < end:
+        evaluate_and_keep_best(end, state)  # the last iterate, beside the best-dev one
+    elif evals and not last:  # evaluated before a kill, or the run ended earlier: its record
+        last = verdict.recorded_eval(metrics.read(), end)
+    if checkpoint.latest_step(run_dir / "checkpoints") != end:  # after the evaluation: it holds the count
+        clock.tick()
+        snapshot(run_dir / "checkpoints", end, runtime, state, progress, clock)
+    return verdict.end_records(config, progress, metrics, run_dir, last, end)
 
 
 def step(opt, state, runtime: Runtime, batch: Batch, key: Key):
@@ -197,23 +223,6 @@ def step(opt, state, runtime: Runtime, batch: Batch, key: Key):
     The memory plan's calibration child steps through this too (edge_zo/memory/child.py)."""
     runtime.set_batch(batch.input_ids, batch.attention_mask, batch.labels, batch.loss_mask)
     return opt.step(state, choice.oracle_for(runtime, batch), key)
-
-
-def dev_verdict(records: list[dict], run_dir: Path) -> dict:
-    """Whether the steps improved the dev score on the step-0 weights (the linear probe's
-    where there is one), in one line: a job that did not help must say so."""
-    evals = [r for r in records if r.get("kind") == "eval" and ("eval_acc" in r or "eval_loss" in r)]
-    key, sign = ("eval_acc", 1.0) if "eval_acc" in evals[0] else ("eval_loss", -1.0)
-    start, best = evals[0], max(evals, key=lambda r: (sign * r[key], -r["step"]))
-    improved = best["step"] > 0 and sign * (best[key] - start[key]) > 0
-    if improved:
-        message = (f"dev {key[5:]} {start[key]:.4f} at step 0 -> {best[key]:.4f} at step {best['step']}: "
-                   f"{run_dir / 'best'} holds that snapshot")
-    else:
-        message = (f"dev {key[5:]} did not improve on step 0's {start[key]:.4f}: {run_dir / 'best'} holds the "
-                   "step-0 weights, and `edge-zo deploy --only-if-better` keeps a deployed model as it was")
-    return {"improved": improved, "start": start[key], "best": best[key], "best_step": best["step"],
-            "metric": key, "message": message}
 
 
 def wants_linear_probe(config: RunConfig, manifest) -> bool:
@@ -335,11 +344,17 @@ def restore(run_dir: Path, runtime: Runtime, config: RunConfig, state, progress:
     """(state, whether a checkpoint was found) from the newest intact checkpoint."""
     ckpt = checkpoint.load_latest(run_dir / "checkpoints")
     best = checkpoint.load_latest(run_dir / "best")
-    if best is not None:
-        progress["best"] = best.meta["best"]
     if ckpt is None:
         return state, False  # killed before the first checkpoint: replay from the start
     progress.update({k: ckpt.meta[k] for k in ("step", "forward_passes", "train_s", "eval_s")})
+    # The count as of the checkpoint: the evaluations after it are redone as it is replayed.
+    # A checkpoint from before the count: its evaluations done, the best best/'s, the count 0.
+    progress["since_best"] = ckpt.meta.get("since_best", 0)
+    progress["evaluated_at"] = ckpt.meta.get("evaluated_at", ckpt.step if ckpt.step else -1)
+    if "evaluated_at" in ckpt.meta:
+        progress["best"] = ckpt.meta["best"]
+    elif best is not None:
+        progress["best"] = best.meta["best"]
     return load_snapshot(ckpt, runtime, config), True
 
 
@@ -361,13 +376,18 @@ class ReplayOracle:
         return np.asarray(taken, dtype=np.float32)
 
 
-def replay(journal, runtime: Runtime, opt, state, root: Key, progress: dict):
+def replay(journal, runtime: Runtime, opt, state, root: Key, progress: dict, settle=lambda state: False):
+    """The journaled steps after the restored one, with their recorded losses; `settle(state)`,
+    at each step reached (the first included), redoes the evaluation due there and says
+    whether patience stops the run at it (then the journal's later steps are dropped)."""
+    stopped = settle(state)
     for record in journal.read(after_step=progress["step"] - 1):
-        if record["step"] != progress["step"]:
+        if stopped or record["step"] != progress["step"]:
             break  # a gap: nothing after it can be trusted
         state, info = opt.step(state, ReplayOracle(runtime, record["losses"]), root.child("step", record["step"]))
         progress["step"] += 1
         progress["forward_passes"] += info.forward_passes
+        stopped = settle(state)
     journal.truncate_after(progress["step"] - 1)
     return state
 

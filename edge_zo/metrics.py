@@ -81,11 +81,17 @@ class MetricsLog:
                   file=sys.stderr)
         return records
 
-    def truncate_after(self, step: int) -> None:
-        kept = [r for r in self.read() if r.get("step", 0) <= step]  # step-less records: run-wide
+    def truncate_after(self, step: int, ends: bool = False) -> None:
+        """Drop the records after `step`; with `ends` also the end's records at it (verdict,
+        early_stop: the run goes on past that step)."""
+        kept = [r for r in self.read() if r.get("step", 0) <= step  # step-less records: run-wide
+                and not (ends and r.get("step") == step and r["kind"] in ENDS)]
         atomic_write(self.path, "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in kept).encode())
         if self.mirror is not None:  # never a step twice in TensorBoard: the events follow the JSONL
             self.mirror.rewrite(kept)
+
+
+ENDS = ("verdict", "early_stop")  # the records a run's end writes (edge_zo/verdict.py)
 
 
 def _parse(line: str) -> dict | None:

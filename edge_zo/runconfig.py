@@ -66,6 +66,8 @@ class RunConfig:
     batch_size: int = opt(16, "examples per step (one minibatch shared by all probes of a step)")
     eval_every: int = opt(100, "steps between evaluations (0: only at the start and the end)")
     eval_examples: int = opt(0, "score at most this many eval examples (0: all)")
+    patience: int = opt(0, "early stopping: end the run (a final checkpoint, the verdict) once this many "
+                        "evaluations in a row have not improved the best dev score (0: off; needs eval_data)")
     checkpoint_every: int = opt(100, "steps between checkpoints; the journal covers the steps between")
     seed: int = opt(0, "run seed: the run is a function of its config and seed")
     provider: str = opt("cpu", "execution provider: cpu or cuda (falls back to cpu with a warning); with "
@@ -82,6 +84,9 @@ class RunConfig:
             require(getattr(self, key) >= 1, f"{key}={getattr(self, key)} must be >= 1")
         for key in ("eval_every", "eval_examples", "checkpoint_every", "threads"):
             require(getattr(self, key) >= 0, f"{key}={getattr(self, key)} must be >= 0")
+        require(self.patience >= 0, f"patience={self.patience} must be >= 0 (0 turns early stopping off)")
+        require(not self.patience or bool(self.eval_data), f"patience={self.patience} counts evaluations on the "
+                "eval data, but there is none: pass --eval-data FILE or drop patience")
         require(self.provider in ("cpu", "cuda"), f"provider={self.provider!r} must be cpu or cuda")
         require(self.linear_probe in ("auto", "on", "off"),
                 f"linear_probe={self.linear_probe!r} must be auto, on or off")

@@ -37,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", metavar="RUN", help="run folder: config, journal, metrics, checkpoints")
     parser.add_argument("--resume", metavar="RUN", help="continue a run that stopped or was killed "
                         "(with --profile / --memory-budget if it stopped at its budget; --steps, "
-                        "optimizer.eta=... may change: docs/finetune.md, resuming)")
+                        "patience=N, optimizer.eta=... may change: docs/finetune.md, resuming); a run "
+                        "that finished, or that patience stopped, says so and does nothing")
     parser.add_argument("--profile", help="device profile (see `edge-zo profiles`) or .toml file: the job "
                         "runs on its execution provider (unless --provider), is planned against its memory "
                         "budget and refused if it cannot fit or its bundle's weight format is not the device's")
@@ -55,8 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 RESUME_PATHS = ("bundle", "data", "eval_data")
 
 # What `--resume RUN` may change (docs/finetune.md, resuming): the run goes on from its last
-# checkpoint under the new values (the journal's steps after it are redone).
-RESUME_KEYS = ("steps", "optimizer.eta", "optimizer.one_d_lr", "optimizer.eta_cov")
+# checkpoint under the new values (the journal's steps after it are redone), except for
+# patience, which changes no past step (the journal is replayed; edge_zo/loop.py).
+RESUME_KEYS = ("steps", "patience", "optimizer.eta", "optimizer.one_d_lr", "optimizer.eta_cov")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -122,17 +124,20 @@ def _resumed_config(run_dir: Path, args: argparse.Namespace):
     # A moved run finds its files itself; given ones must be the ones it was trained on
     config = runconfig.load(run_dir, resuming=True, bundle=args.bundle,
                             data={"data": args.data, "eval_data": args.eval_data})
-    steps = config.steps
-    if "steps" in given:
-        try:
-            steps = int(given["steps"])
-        except ValueError:
-            raise UserError(f"steps={given['steps']!r}: expected a whole number") from None
+    whole = {key: _whole(given, key, getattr(config, key)) for key in ("steps", "patience")}
     optimizer = {**config.optimizer, **{k.split(".", 1)[1]: v for k, v in given.items() if "." in k}}
-    new = dataclasses.replace(config, steps=steps, optimizer=optimizer)
+    new = dataclasses.replace(config, **whole, optimizer=optimizer)  # a bad patience is refused here
     new.optimizer_config()  # a bad value is refused here, before anything loads
     changed = {k: v for k, v in given.items() if str(_value(config, k)) != str(v)}
     return new, changed
+
+
+def _whole(given: dict, key: str, default: int) -> int:
+    """A whole-number key given on `--resume` (else the run's value)."""
+    try:
+        return int(given[key]) if key in given else default
+    except ValueError:
+        raise UserError(f"{key}={given[key]!r}: expected a whole number") from None
 
 
 def _value(config, key: str):
