@@ -13,7 +13,8 @@ them side by side, docs/design.md "Quantized base weights"):
   int8-nbits  the same kernel with bits=8 (zero point 128).
 
 Dense matrices (the linear head), and matrices smaller than their adapter, keep their fp32
-W input (quantize_bundle). Quantization is symmetric, so
+W input (quantize_bundle). The frozen token embedding and a tied LM head are quantized by
+export/quantize_embed.py in the same rewrite. Quantization is symmetric, so
 dequantize(quantize(W)) is W to within half a step: per output channel max|W_j| / 127 for
 int8, per block max|w| / 7 for int4.
 """
@@ -286,10 +287,13 @@ def quantize_bundle(folder, manifest, form: str, adapter_rank: int, batch: dict 
 
 
 def rewrite(path, targets: list[Target], form: str, adapter_rank: int) -> None:
-    """quantize_graph on the ONNX file at `path`, saved over it with fresh external data."""
+    """quantize_graph and quantize_embeddings on the ONNX file at `path`, saved over it with
+    fresh external data."""
     from export.graph import data_path
+    from export.quantize_embed import quantize_embeddings
     model = onnx.load(str(path))
     quantize_graph(model, targets, form, adapter_rank)
+    quantize_embeddings(model, form)  # the frozen token embedding and a tied LM head
     data_path(path).unlink(missing_ok=True)
     onnx.save(model, str(path), save_as_external_data=True, location=data_path(path).name)
     data_path(path).chmod(path.stat().st_mode & 0o777)  # onnx writes it 0600; the rest of a bundle is not
