@@ -220,11 +220,21 @@ def measure_memory(args) -> dict:
     if args.worker in TORCH:  # its imports belong to the baseline, as onnxruntime's do
         import torch  # noqa: F401
         import export.pipeline  # noqa: F401
-    baseline = rss_mib()
+    baseline, phases = rss_mib(), {"imports": rss_parts()}
     run = open_variant(args, manifest, args.worker)
+    phases["loaded"] = rss_parts()  # session (initializers, prepacked weights) or model, and the feed
     for _ in range(2):
         run("loss")
-    return {"peak_rss_mib": peak_rss_mib(), "baseline_rss_mib": baseline}
+    phases["ran"] = rss_parts()  # + activations, and what the arena keeps of them
+    return {"peak_rss_mib": peak_rss_mib(), "baseline_rss_mib": baseline, "phases": phases}
+
+
+def rss_parts() -> dict:
+    """RSS now, split: anonymous (heap, arena, prepacked weights) and file-backed (libraries,
+    and the pages of mmap-ed external initializers the session has touched)."""
+    with open("/proc/self/status") as f:
+        fields = dict(line.split(":", 1) for line in f)
+    return {k: int(fields[k].split()[0]) / 1024 for k in ("VmRSS", "RssAnon", "RssFile")}
 
 
 def summarize(timing: dict, memory: dict, args) -> dict:

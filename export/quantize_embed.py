@@ -8,7 +8,8 @@ use of it, in place:
   Gather(E, ids)                 -> com.microsoft GatherBlockQuantized (onnxruntime >= 1.20):
                                     E's rows in blocks of 32 along the hidden axis, symmetric,
                                     bits 4 or 8, dequantized per gathered row only
-  Transpose(E) -> MatMul(x, ·)   -> the tied LM head (a causal-lm bundle's logits): MatMulNBits
+  Transpose(E) -> MatMul(x, ·)   -> the tied LM head (a causal-lm bundle's logits; or MatMul(x, Eᵀ)
+                                    with Eᵀ an initializer the exporter folded): MatMulNBits
                                     bits 4 (int4) or DynamicQuantizeMatMul int8 per vocabulary
                                     row (int8), the trained matrices' own kernels
 
@@ -43,15 +44,20 @@ def quantize_embeddings(model, form: str) -> list[str]:
     done = []
     tables = token_tables(graph)
     shapes = {tuple(t.dims) for t in graph.initializer if t.name in tables}
-    heads = [t.name for t in graph.initializer  # an untied LM head: the table's shape, used as a head
-             if t.data_type == 1 and tuple(t.dims) in shapes and t.name not in tables]
+    # an untied LM head has the table's shape; the exporter's constant folding may also leave
+    # a head as a pre-transposed [H, V] copy, MatMul's right operand
+    heads = [t.name for t in graph.initializer if t.data_type == 1 and t.name not in tables
+             and (tuple(t.dims) in shapes or tuple(t.dims)[::-1] in shapes)]
     for name in tables + heads:
+        flipped = tuple(_initializer(graph, name).dims) not in shapes  # stored [H, V]
         users = _users(graph, name)
-        hidden = numpy_helper.to_array(_initializer(graph, name)).shape[1]
-        block = next((b for b in BLOCKS if hidden % b == 0), None)
-        if block is None or not users or not all(_rewritable(graph, node, name) for node in users):
+        if not users or not all(_rewritable(graph, node, name, flipped) for node in users):
             continue
         table = numpy_helper.to_array(_initializer(graph, name)).astype(np.float32)
+        table = table.T if flipped else table  # [V, H]
+        block = next((b for b in BLOCKS if table.shape[1] % b == 0), None)
+        if block is None:
+            continue
         _rewrite_table(graph, name, table, users, BITS[form], block)
         done.append(name)
     if done and not any(op.domain == MS_DOMAIN for op in model.opset_import):
@@ -89,9 +95,12 @@ def _initializer(graph, name: str):
     return next(t for t in graph.initializer if t.name == name)
 
 
-def _rewritable(graph, node, name: str) -> bool:
-    """A Gather of rows, or a Transpose feeding only MatMuls as their right operand (a head)."""
+def _rewritable(graph, node, name: str, flipped: bool) -> bool:
+    """A Gather of rows, a Transpose feeding only MatMuls as their right operand (a head), or
+    for a table stored [H, V] (`flipped`) a MatMul taking it as its right operand."""
     axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+    if flipped:
+        return node.op_type == "MatMul" and node.input[1] == name and node.input[0] != name
     if node.op_type == "Gather":
         return node.input[0] == name and axis == 0
     if node.op_type == "Transpose" and [list(a.ints) for a in node.attribute if a.name == "perm"] in ([], [[1, 0]]):
@@ -117,13 +126,14 @@ def _rewrite_table(graph, name: str, table: np.ndarray, users: list, bits: int, 
                 "GatherBlockQuantized", [gather_inits[0].name, node.input[1], gather_inits[1].name],
                 list(node.output), domain=MS_DOMAIN, name=f"{node.output[0]}::gbq",
                 gather_axis=0, quantize_axis=1, block_size=block, bits=bits))
-        else:  # Transpose -> MatMul(s): the tied LM head; each MatMul replaced where it stands
+        else:  # the LM head: each MatMul replaced where it stands (and a Transpose before it dropped)
             if head is None:
                 head = head_operands(table, bits, name)
                 head_inits += head
-            for matmul in _users(graph, node.output[0]):
+            for matmul in [node] if node.op_type == "MatMul" else _users(graph, node.output[0]):
                 _replace(graph, matmul, _head_node(matmul, head, table.shape, bits))
-            graph.node.remove(node)
+            if node.op_type == "Transpose":
+                graph.node.remove(node)
     graph.initializer.remove(_initializer(graph, name))
     graph.initializer.extend((gather_inits if need_gather else []) + head_inits)
 

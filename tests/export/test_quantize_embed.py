@@ -2,7 +2,8 @@
 
 The graph holds what an exported bundle holds around its token embedding E: the token Gather
 (indices from input_ids through a Tile, as the probe axis tiles them), a tied LM head
-(Transpose(E) -> MatMul), a label-words Gather of constant rows, and a position table indexed
+(Transpose(E) -> MatMul, or MatMul with Eᵀ as its own initializer, as the exporter's constant
+folding leaves a small one), a label-words Gather of constant rows, and a position table indexed
 by a Shape-derived range. The rewrite must quantize the first two, keep the label rows exact,
 leave the position table fp32, and compute what numpy computes from the dequantized E.
 """
@@ -23,12 +24,12 @@ V, H, T = 300, 64, 6
 LABEL_IDS = np.array([7, 42], np.int64)
 
 
-def lm_ends(e: np.ndarray, pos: np.ndarray) -> onnx.ModelProto:
+def lm_ends(e: np.ndarray, pos: np.ndarray, folded: bool = False) -> onnx.ModelProto:
     """input_ids [1, T] -> (emb [2, T, H] tiled twice, logits [2, T, V], labels [2, H], positions [T, H])."""
     f = TensorProto.FLOAT
     nodes = [helper.make_node("Tile", ["input_ids", "reps"], ["ids2"]),
              helper.make_node("Gather", ["E", "ids2"], ["emb"]),
-             helper.make_node("Transpose", ["E"], ["Et"], perm=[1, 0]),
+             *([] if folded else [helper.make_node("Transpose", ["E"], ["Et"], perm=[1, 0])]),
              helper.make_node("MatMul", ["emb", "Et"], ["logits"]),
              helper.make_node("Gather", ["E", "label_ids"], ["labels"]),
              helper.make_node("Shape", ["input_ids"], ["shape"], start=1, end=2),
@@ -38,7 +39,8 @@ def lm_ends(e: np.ndarray, pos: np.ndarray) -> onnx.ModelProto:
     inits = [numpy_helper.from_array(e, "E"), numpy_helper.from_array(pos, "P"),
              numpy_helper.from_array(np.array([2, 1], np.int64), "reps"),
              numpy_helper.from_array(LABEL_IDS, "label_ids"),
-             numpy_helper.from_array(np.array(0, np.int64), "zero"), numpy_helper.from_array(np.array(1, np.int64), "one")]
+             numpy_helper.from_array(np.array(0, np.int64), "zero"), numpy_helper.from_array(np.array(1, np.int64), "one"),
+             *([numpy_helper.from_array(np.ascontiguousarray(e.T), "Et")] if folded else [])]
     outputs = [helper.make_tensor_value_info(n, f, None) for n in ("emb", "logits", "labels", "positions")]
     graph = helper.make_graph(nodes, "ends", [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, T])],
                               outputs, inits)
@@ -52,19 +54,20 @@ def run(model, ids):
     return session.run(None, {"input_ids": ids})
 
 
+@pytest.mark.parametrize("folded", [False, True])
 @pytest.mark.parametrize("form,bits", [("int4", 4), ("int8", 8)])
-def test_the_token_table_and_the_tied_head_are_quantized_the_rest_kept(form, bits):
+def test_the_token_table_and_the_tied_head_are_quantized_the_rest_kept(form, bits, folded):
     rng = np.random.default_rng(0)
     e = rng.standard_normal((V, H)).astype(np.float32)
     pos = rng.standard_normal((T, H)).astype(np.float32)
     ids = rng.integers(0, V, (1, T))
-    model = lm_ends(e, pos)
+    model = lm_ends(e, pos, folded)
     assert token_tables(model.graph) == ["E"]  # not P: its indices come from a Shape
     exact = run(model, ids)
-    assert quantize_embeddings(model, form) == ["E"]
+    assert quantize_embeddings(model, form) == (["E", "Et"] if folded else ["E"])
     emb, logits, labels, positions = run(model, ids)
     names = {t.name for t in model.graph.initializer}
-    assert "E" not in names and {"E::gbq", "E::head", "P"} <= names
+    assert not {"E", "Et"} & names and {"E::gbq", "Et::head" if folded else "E::head", "P"} <= names
     ops = {n.op_type for n in model.graph.node}
     assert {"GatherBlockQuantized", "MatMulNBits" if bits == 4 else "DynamicQuantizeMatMul"} <= ops
     rows = dequantize_blocks(*quantize_blocks(e.T, bits), H, bits).T  # what GatherBlockQuantized returns
