@@ -13,7 +13,10 @@ head quantized (export/quantize_embed.py): what `export --weights int8|int4` wri
 2026-12-05. torch-fp32 / torch-bf16: the exporter's own PyTorch module of the bundle's model
 and head (torch_zo_mopi.load_torch_core), eager, under inference_mode, bf16 by CPU autocast.
 Timing: one worker process holds every variant and alternates their runs (order rotating
-each round), so load from other processes hits all alike. Memory: one fresh worker per
+each round), so load from other processes hits all alike. Neither runtime's idle threads spin
+(onnxruntime allow_spinning 0, OMP_WAIT_POLICY=PASSIVE): spinning onnxruntime workers took the
+2 cores from PyTorch's runs and doubled their time (MiniLM torch-fp32 1.5 s beside onnxruntime,
+1.07 s alone, 2026-12-05). Memory: one fresh worker per
 variant, peak RSS = its VmHWM over loading and two forwards; `peak_above_baseline` subtracts
 the RSS after the imports (numpy + onnxruntime, and torch + transformers for torch-*: ~10x
 larger), the fair comparison between the two runtimes. Agreement: the largest
@@ -126,7 +129,7 @@ def run_worker(extra: list[str], args) -> dict:
     cmd = [sys.executable, __file__, *extra, "--bundle", str(args.bundle), "--batch", str(args.batch),
            "--seq", str(args.seq), "--threads", str(args.threads), "--iters", str(args.iters),
            "--probes", str(args.probes), "--variants", args.variants, "--work", str(args.work)]
-    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if done.returncode != 0:
         raise SystemExit(f"worker failed:\n{done.stderr[-3000:]}")
@@ -145,7 +148,7 @@ def open_variant(args, manifest, name: str):
     """run(output) -> numpy array ("loss" or "scores") for one variant, loaded and ready."""
     if name in TORCH:
         return torch_variant(args, manifest, TORCH[name])
-    session = open_session(variant_path(args, name), args.threads)
+    session = open_session(variant_path(args, name), args.threads, spin=False)  # see the top
     feed = make_feed(session, manifest, args.bundle, args)
     return lambda output: session.run([output], feed)[0]
 

@@ -9,7 +9,7 @@ them side by side, docs/design.md "Quantized base weights"):
             channel, integer MatMul (VNNI on x86). The fastest int8 form measured.
   int8-dq   DequantizeLinear(W int8) -> MatMul: weight-only; onnxruntime dequantizes each run.
   int4      com.microsoft MatMulNBits bits=4, blocks of 32 along the input axis, symmetric
-            (zero point 8), accuracy_level 4 (int8 activations inside the kernel).
+            (zero point 8), accuracy_level 1 (fp32 activations: ACCURACY_LEVEL says why).
   int8-nbits  the same kernel with bits=8 (zero point 128).
 
 Dense matrices (the linear head), and matrices smaller than their adapter, keep their fp32
@@ -30,6 +30,11 @@ from onnx import helper, numpy_helper
 FORMS = ("int8", "int8-dq", "int4", "int8-nbits")
 BLOCK = 32  # MatMulNBits block along K: onnxruntime's default, and what its own quantizer writes
 MS_DOMAIN = "com.microsoft"
+# MatMulNBits' accuracy_level by bits. 4 (int8 activations) repacks a 4-bit B into a buffer the
+# size of int8 weights on this x86 host (SmolLM2-135M int4: +129 MiB at session load, as int8;
+# level 1: +90 MiB) and ran slower: peak 0.50 -> 0.44 of fp32's, time 1.40 -> 1.12
+# (benchmarks/results/quantized-int4-accuracy-level-smollm2-135m.json). int8-nbits keeps 4.
+ACCURACY_LEVEL = {4: 1, 8: 4}
 ADAPTER_FACTOR = 4  # default adapter rank R = 4 r: four folds before compression truncates
 # Export check at zero update, against the fp32 graph on the traced batch (loss, scores):
 # |Δloss| <= LOSS x max(|loss|, 1) and max |Δscore| <= SCORES x max |score|. A coarse guard
@@ -177,7 +182,8 @@ def _quantized_nodes(target: Target, form: str, x: str, y: str):
     packed, scale = quantize_blocks(b, bits)
     inits = [numpy_helper.from_array(packed, prefix), numpy_helper.from_array(scale.reshape(-1), f"{prefix}.scale")]
     node = helper.make_node("MatMulNBits", [x, prefix, f"{prefix}.scale"], [y], domain=MS_DOMAIN,
-                            name=f"{prefix}.matmul", K=k, N=n, bits=bits, block_size=BLOCK, accuracy_level=4)
+                            name=f"{prefix}.matmul", K=k, N=n, bits=bits, block_size=BLOCK,
+                            accuracy_level=ACCURACY_LEVEL[bits])
     return [node], inits
 
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import helper, numpy_helper
 
-from export.quantize import BLOCK, MS_DOMAIN, quantize_blocks, quantize_int8
+from export.quantize import ACCURACY_LEVEL, BLOCK, MS_DOMAIN, quantize_blocks, quantize_int8
 
 BITS = {"int8": 8, "int4": 4}  # the forms of --weights; the benchmark-only forms leave E fp32
 BLOCKS = (32, 16)  # GatherBlockQuantized's block along the hidden axis: the first dividing it
@@ -171,4 +171,4 @@ def _head_node(matmul, inits: list, shape: tuple, bits: int):
                                 domain=MS_DOMAIN, name=f"{matmul.output[0]}::head")
     return helper.make_node("MatMulNBits", [matmul.input[0], *names], list(matmul.output), domain=MS_DOMAIN,
                             name=f"{matmul.output[0]}::head", K=hidden, N=vocab, bits=bits, block_size=BLOCK,
-                            accuracy_level=4)
+                            accuracy_level=ACCURACY_LEVEL[bits])
