@@ -137,10 +137,13 @@ def run_worker(extra: list[str], args) -> dict:
 
 
 def tokens(args, manifest, rng) -> dict:
-    """The measured batch (every variant the same): random ids 3..999, full mask, labels."""
+    """The measured batch (every variant the same): random ids 3..999, full mask, labels (a
+    causal-lm bundle: the loss on every token)."""
     import numpy as np
-    return {"input_ids": rng.integers(3, 1000, (args.batch, args.seq)),
-            "attention_mask": np.ones((args.batch, args.seq), np.int64),
+    ids = rng.integers(3, 1000, (args.batch, args.seq))
+    if manifest.task == "causal-lm":
+        return {"input_ids": ids, "attention_mask": np.ones_like(ids), "loss_mask": np.ones_like(ids)}
+    return {"input_ids": ids, "attention_mask": np.ones_like(ids),
             "labels": rng.integers(0, len(manifest.label_words), args.batch)}
 
 
@@ -158,6 +161,8 @@ def torch_variant(args, manifest, autocast: str | None):
     import numpy as np
     import torch
     from torch_zo_mopi import load_torch_core
+    if manifest.task != "classification":
+        raise SystemExit(f"torch-* variants measure classification bundles; {args.bundle} is {manifest.task}")
     source = manifest.source
     opts = argparse.Namespace(threads=args.threads, work=args.work, seq=args.seq, head=source["head"])
     core, _ = load_torch_core(opts, source["model"], manifest.label_words)
