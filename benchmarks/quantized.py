@@ -142,7 +142,7 @@ def tokens(args, manifest, rng) -> dict:
     import numpy as np
     ids = rng.integers(3, 1000, (args.batch, args.seq))
     if manifest.task == "causal-lm":
-        return {"input_ids": ids, "attention_mask": np.ones_like(ids), "loss_mask": np.ones_like(ids)}
+        return {"input_ids": ids, "attention_mask": np.ones_like(ids), "loss_mask": np.ones(ids.shape, np.float32)}
     return {"input_ids": ids, "attention_mask": np.ones_like(ids),
             "labels": rng.integers(0, len(manifest.label_words), args.batch)}
 
