@@ -122,6 +122,7 @@ def quantize_graph(model: onnx.ModelProto, targets: list[Target], form: str,
     if form not in FORMS:
         raise ValueError(f"form {form!r} is not one of {FORMS}")
     graph = model.graph
+    ranks = {int(i.type.tensor_type.shape.dim[1].dim_value) for i in graph.input if i.name.endswith("::A")}
     for target in targets:
         matmul, operand = _base_matmul(graph, target)
         x, y = matmul.input[0], matmul.output[0]
@@ -143,10 +144,24 @@ def quantize_graph(model: onnx.ModelProto, targets: list[Target], form: str,
             graph.node.remove(operand)
         _drop_input(graph, target.name)
     if adapter_rank:  # the exporter's shape notes say rank r where the probe path now has r + R
-        del graph.value_info[:]  # (onnxruntime warned at every load); it infers them again
+        _drop_rank_notes(graph, ranks)
     if not any(op.domain == MS_DOMAIN for op in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     return model
+
+
+def _drop_rank_notes(graph, ranks: set[int]) -> None:
+    """Drop the shape notes (value_info) of the probe path's rank-r tensors, now rank r + R
+    (onnxruntime warned at every load), and keep every other: without them onnxruntime plans
+    less buffer reuse (SmolLM2 causal-lm, 16 x 64, all notes dropped: peak 883 -> 1451 MiB)."""
+    probed = {i.name for i in graph.input if i.name.endswith(("::A", "::D"))}
+    for node in graph.node:  # topological: everything computed from an A or a D
+        if any(name in probed for name in node.input):
+            probed.update(node.output)
+    stale = [v for v in graph.value_info if v.name in probed
+             and any(d.dim_value in ranks for d in v.type.tensor_type.shape.dim)]
+    for value in stale:
+        graph.value_info.remove(value)
 
 
 def _base_matmul(graph, target: Target):
