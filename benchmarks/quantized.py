@@ -117,7 +117,7 @@ def build_variants(args) -> dict[str, Path]:
         targets = [Target(m.inputs["W"], weights[m.name], m.layout) for m in manifest.matrices if not m.dense]
         spec, _, extra = name.partition("+")
         form, _, rank = spec.partition("@")
-        quantize_graph(model, targets, form, int(rank or 0))
+        quantize_graph(model, targets, form, int(rank or 0), keep_notes=manifest.task == "causal-lm")  # as export
         if extra == "e":
             quantize_embeddings(model, form)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -109,7 +109,7 @@ def dequantized(target: Target, form: str) -> np.ndarray:
 
 
 def quantize_graph(model: onnx.ModelProto, targets: list[Target], form: str,
-                   adapter_rank: int = 0) -> onnx.ModelProto:
+                   adapter_rank: int = 0, keep_notes: bool = False) -> onnx.ModelProto:
     """`model` with each target's W input replaced by quantized initializers (in place).
 
     adapter_rank R > 0 adds the trained update's place: inputs `NAME::U` float32 [m, R] and
@@ -118,6 +118,15 @@ def quantize_graph(model: onnx.ModelProto, targets: list[Target], form: str,
     r + R): one skinny product pair and one Add per layer as before. Measured on MiniLM, a
     separate adapter path cost ~0.04 s CPU per forward and +17 MiB peak whatever R (8, 16 or
     32): the extra Add and its [rows, m] intermediate, not the flops.
+
+    With an adapter the exporter's shape notes (value_info) of the probe path go stale (rank r
+    where it is now r + R; onnxruntime warned at every load). keep_notes=False drops them all,
+    True only the stale ones. Measured (benchmarks/quantized.py, 16 x 64), each wins on one
+    task: classification with all dropped ran faster in less memory (SmolLM2 int8 0.36x fp32's
+    time against 0.48x, int4 peak 0.44x against 0.52x; MiniLM alike: onnxruntime fuses and
+    plans otherwise with full shapes), a causal-lm graph needs them for its vocabulary-wide
+    logits (SmolLM2 int4 peak 0.55x fp32's with them, 1.19x without). quantize_bundle keeps
+    them for causal-lm.
     """
     if form not in FORMS:
         raise ValueError(f"form {form!r} is not one of {FORMS}")
@@ -143,17 +152,18 @@ def quantize_graph(model: onnx.ModelProto, targets: list[Target], form: str,
         if operand is not None:  # the Transpose(W) feeding it
             graph.node.remove(operand)
         _drop_input(graph, target.name)
-    if adapter_rank:  # the exporter's shape notes say rank r where the probe path now has r + R
+    if adapter_rank and keep_notes:  # the probe path's notes say rank r where it now has r + R
         _drop_rank_notes(graph, ranks)
+    elif adapter_rank:
+        del graph.value_info[:]  # onnxruntime infers them again
     if not any(op.domain == MS_DOMAIN for op in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     return model
 
 
 def _drop_rank_notes(graph, ranks: set[int]) -> None:
-    """Drop the shape notes (value_info) of the probe path's rank-r tensors, now rank r + R
-    (onnxruntime warned at every load), and keep every other: without them onnxruntime plans
-    less buffer reuse (SmolLM2 causal-lm, 16 x 64, all notes dropped: peak 883 -> 1451 MiB)."""
+    """Drop the shape notes (value_info) of the probe path's rank-r tensors, now rank r + R,
+    and keep every other (SmolLM2 causal-lm, 16 x 64, all dropped: peak 883 -> 1451 MiB in fp32)."""
     probed = {i.name for i in graph.input if i.name.endswith(("::A", "::D"))}
     for node in graph.node:  # topological: everything computed from an A or a D
         if any(name in probed for name in node.input):
@@ -293,7 +303,7 @@ def quantize_bundle(folder, manifest, form: str, adapter_rank: int, batch: dict 
                         "so nothing would be quantized; give a smaller --adapter-rank or keep fp32 weights")
     targets = [Target(m.inputs["W"], weights[m.name], m.layout) for m in low]
     for name in filter(None, (manifest.model_file, manifest.inference_file)):  # deploy bakes the second
-        rewrite(folder / name, targets, form, adapter_rank)
+        rewrite(folder / name, targets, form, adapter_rank, keep_notes=manifest.task == "causal-lm")
     kept = [m for m in manifest.matrices if m not in low]  # fp32 W inputs, appended again
     records = dict(zip([m.name for m in kept],
                        append_weights(model_path, [torch.from_numpy(weights[m.name]) for m in kept])))
@@ -307,13 +317,13 @@ def quantize_bundle(folder, manifest, form: str, adapter_rank: int, batch: dict 
     return manifest
 
 
-def rewrite(path, targets: list[Target], form: str, adapter_rank: int) -> None:
+def rewrite(path, targets: list[Target], form: str, adapter_rank: int, keep_notes: bool = False) -> None:
     """quantize_graph and quantize_embeddings on the ONNX file at `path`, saved over it with
     fresh external data."""
     from export.graph import data_path
     from export.quantize_embed import quantize_embeddings
     model = onnx.load(str(path))
-    quantize_graph(model, targets, form, adapter_rank)
+    quantize_graph(model, targets, form, adapter_rank, keep_notes)
     quantize_embeddings(model, form)  # the frozen token embedding and a tied LM head
     data_path(path).unlink(missing_ok=True)
     onnx.save(model, str(path), save_as_external_data=True, location=data_path(path).name)

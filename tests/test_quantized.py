@@ -75,6 +75,7 @@ def test_an_int8_bundle_holds_a_frozen_base_and_an_adapter(job):
         model = onnx.load(str(job / "int8" / graph), load_external_data=False).graph
         assert {"DynamicQuantizeMatMul", "GatherBlockQuantized"} <= {n.op_type for n in model.node}
         assert not [t.name for t in model.initializer if t.name.endswith("word_embeddings.weight")]
+        assert not model.value_info  # classification: shape notes dropped (faster, smaller; quantize_graph)
     sizes = {w: (job / w / "model.onnx.data").stat().st_size for w in ("fp32", "int8")}
     assert sizes["int8"] < sizes["fp32"]
 
@@ -190,6 +191,7 @@ def test_a_causal_lm_quantizes_its_embedding_and_tied_head(lm, weights, head):
     assert f"{table.name}::gbq" in {t.name for t in graph.initializer}
     heads = [n for n in graph.node if n.op_type == head and n.input[1].endswith("::head")]
     assert len(heads) == 1 and "GatherBlockQuantized" in {n.op_type for n in graph.node}
+    assert 0 < len(graph.value_info) < len(fp32.value_info)  # causal-lm keeps all but the stale rank-r notes
     rng = np.random.default_rng(0)
     ids = rng.integers(3, 90, (4, 12))
     nll = {}
