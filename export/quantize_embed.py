@@ -16,11 +16,13 @@ use of it, in place:
 The token embedding is the Gather whose indices depend on `input_ids` by value (position
 and token-type tables are indexed by shapes or constants and stay fp32: they are small); a
 label-words head's Gather of the same table (constant ids) becomes those few rows, kept fp32
-and exact. A table
-with any other use stays fp32. An untied LM head (a float initializer of the token table's
-shape used only as Transpose -> MatMul) is quantized like a tied one. The Gather and the LM head keep separate initializers: the
-head's kernel repacks its weight at load anyway, so sharing one would not save memory.
-Rounding is the trained matrices' (quantize_blocks, quantize_int8): half a step at most.
+and exact. A table with any other use stays fp32. An untied LM head (a float initializer of
+the token table's shape, or its transpose, used only as a head) is quantized like a tied
+one. The Gather and the LM head keep separate initializers: the head's kernel repacks its
+weight at load anyway, so sharing one would not save memory. Rounding is the trained
+matrices' (quantize_blocks, quantize_int8): half a step at most. Measured effect:
+docs/design.md "Quantized base weights" (a classification job holds only the rows it
+gathers, since onnxruntime memory-maps the table; a causal-lm head reads all of it).
 """
 
 from __future__ import annotations
@@ -160,7 +162,8 @@ def head_operands(table: np.ndarray, bits: int, name: str) -> list:
         return [numpy_helper.from_array(q, f"{name}::head"), numpy_helper.from_array(scale, f"{name}::head.scale"),
                 numpy_helper.from_array(np.zeros(table.shape[0], np.int8), f"{name}::head.zero")]
     packed, scale = quantize_blocks(table.T, bits)
-    return [numpy_helper.from_array(packed, f"{name}::head"), numpy_helper.from_array(scale.reshape(-1), f"{name}::head.scale")]
+    return [numpy_helper.from_array(packed, f"{name}::head"),
+            numpy_helper.from_array(scale.reshape(-1), f"{name}::head.scale")]
 
 
 def _head_node(matmul, inits: list, shape: tuple, bits: int):
