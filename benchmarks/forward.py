@@ -117,10 +117,14 @@ def run_worker(extra: list[str], args) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def open_session(graph: Path, threads: int):
+def open_session(graph: Path, threads: int, spin: bool = True):
+    """spin=False: onnxruntime's idle workers sleep at once instead of spinning for work (so
+    they do not take the cores from another runtime timed in the same process)."""
     import onnxruntime as ort
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
 

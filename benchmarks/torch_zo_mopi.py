@@ -114,14 +114,15 @@ def edge_worker(args) -> dict:
 
 # ---- PyTorch, the authors' way --------------------------------------------------------------
 
-def load_torch_core(args):
-    """(the exporter's PyTorch module with the bundle's loss head, export's Prepared)."""
+def load_torch_core(args, model: str | None = None, label_words: list[str] | None = None):
+    """(the exporter's PyTorch module with the bundle's loss head, export's Prepared);
+    model and label words default to the script's --model / --tiny and its LABELS."""
     import torch
     from edge_zo_export.pipeline import ExportOptions, prepare
     torch.set_num_threads(args.threads)
-    model = common.model_arg(args)
+    model = model or common.model_arg(args)
     prep = prepare(ExportOptions(model=model, task="classification", out=args.work / "unused",
-                                 label_words=common.forward.LABELS.get(model, [" terrible", " great"]),
+                                 label_words=label_words or common.forward.LABELS.get(model, [" terrible", " great"]),
                                  max_seq_len=args.seq, head=args.head))
     try:
         prep.model.set_attn_implementation("sdpa")  # what the authors' HF model loads by default

@@ -47,8 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="lowrank: inputs W, A, D per matrix (ZO-MOPI, ZO-Muon, LOZO); fullrank: W only (MeZO, LOREN)")
     add("--weights", choices=["fp32", "int8", "int4"], default="fp32",
         help="base W of the low-rank matrices: int8 (per-channel, integer MatMul: faster on CPU) or "
-             "int4 (32-blocks: smaller), frozen in the graph; the trained update then lives in a "
-             "fp32 rank-R adapter beside it (low-rank methods only; docs/export.md)")
+             "int4 (32-blocks: smaller), frozen in the graph with the token embedding and a causal "
+             "LM head; the trained update then lives in a fp32 rank-R adapter beside it (low-rank "
+             "methods only; docs/export.md)")
     add("--adapter-rank", type=int, default=None,
         help="R of a quantized bundle's adapter U [m, R] V [R, n] (default: 4 x --rank)")
     add("--force", action="store_true", help="replace --out if it exists (once the new bundle is complete)")

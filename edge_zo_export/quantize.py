@@ -9,11 +9,12 @@ them side by side, docs/design.md "Quantized base weights"):
             channel, integer MatMul (VNNI on x86). The fastest int8 form measured.
   int8-dq   DequantizeLinear(W int8) -> MatMul: weight-only; onnxruntime dequantizes each run.
   int4      com.microsoft MatMulNBits bits=4, blocks of 32 along the input axis, symmetric
-            (zero point 8), accuracy_level 4 (int8 activations inside the kernel).
+            (zero point 8), accuracy_level 1 (fp32 activations: ACCURACY_LEVEL says why).
   int8-nbits  the same kernel with bits=8 (zero point 128).
 
 Dense matrices (the linear head), and matrices smaller than their adapter, keep their fp32
-W input (quantize_bundle). Quantization is symmetric, so
+W input (quantize_bundle). The frozen token embedding and a tied LM head are quantized by
+edge_zo_export/quantize_embed.py in the same rewrite. Quantization is symmetric, so
 dequantize(quantize(W)) is W to within half a step: per output channel max|W_j| / 127 for
 int8, per block max|w| / 7 for int4.
 """
@@ -29,6 +30,11 @@ from onnx import helper, numpy_helper
 FORMS = ("int8", "int8-dq", "int4", "int8-nbits")
 BLOCK = 32  # MatMulNBits block along K: onnxruntime's default, and what its own quantizer writes
 MS_DOMAIN = "com.microsoft"
+# MatMulNBits' accuracy_level by bits. 4 (int8 activations) repacks a 4-bit B into a buffer the
+# size of int8 weights on this x86 host (SmolLM2-135M int4: +129 MiB at session load, as int8;
+# level 1: +90 MiB) and ran slower: peak 0.50 -> 0.44 of fp32's, time 1.40 -> 1.12
+# (benchmarks/results/quantized-int4-accuracy-level-smollm2-135m.json). int8-nbits keeps 4.
+ACCURACY_LEVEL = {4: 1, 8: 4}
 ADAPTER_FACTOR = 4  # default adapter rank R = 4 r: four folds before compression truncates
 # Export check at zero update, against the fp32 graph on the traced batch (loss, scores):
 # |Δloss| <= LOSS x max(|loss|, 1) and max |Δscore| <= SCORES x max |score|. A coarse guard
@@ -103,7 +109,7 @@ def dequantized(target: Target, form: str) -> np.ndarray:
 
 
 def quantize_graph(model: onnx.ModelProto, targets: list[Target], form: str,
-                   adapter_rank: int = 0) -> onnx.ModelProto:
+                   adapter_rank: int = 0, keep_notes: bool = False) -> onnx.ModelProto:
     """`model` with each target's W input replaced by quantized initializers (in place).
 
     adapter_rank R > 0 adds the trained update's place: inputs `NAME::U` float32 [m, R] and
@@ -112,10 +118,20 @@ def quantize_graph(model: onnx.ModelProto, targets: list[Target], form: str,
     r + R): one skinny product pair and one Add per layer as before. Measured on MiniLM, a
     separate adapter path cost ~0.04 s CPU per forward and +17 MiB peak whatever R (8, 16 or
     32): the extra Add and its [rows, m] intermediate, not the flops.
+
+    With an adapter the exporter's shape notes (value_info) of the probe path go stale (rank r
+    where it is now r + R; onnxruntime warned at every load). keep_notes=False drops them all,
+    True only the stale ones. Measured (benchmarks/quantized.py, 16 x 64), each wins on one
+    task: classification with all dropped ran faster in less memory (SmolLM2 int8 0.36x fp32's
+    time against 0.48x, int4 peak 0.44x against 0.52x; MiniLM alike: onnxruntime fuses and
+    plans otherwise with full shapes), a causal-lm graph needs them for its vocabulary-wide
+    logits (SmolLM2 int4 peak 0.55x fp32's with them, 1.19x without). quantize_bundle keeps
+    them for causal-lm.
     """
     if form not in FORMS:
         raise ValueError(f"form {form!r} is not one of {FORMS}")
     graph = model.graph
+    ranks = {int(i.type.tensor_type.shape.dim[1].dim_value) for i in graph.input if i.name.endswith("::A")}
     for target in targets:
         matmul, operand = _base_matmul(graph, target)
         x, y = matmul.input[0], matmul.output[0]
@@ -136,11 +152,26 @@ def quantize_graph(model: onnx.ModelProto, targets: list[Target], form: str,
         if operand is not None:  # the Transpose(W) feeding it
             graph.node.remove(operand)
         _drop_input(graph, target.name)
-    if adapter_rank:  # the exporter's shape notes say rank r where the probe path now has r + R
-        del graph.value_info[:]  # (onnxruntime warned at every load); it infers them again
+    if adapter_rank and keep_notes:  # the probe path's notes say rank r where it now has r + R
+        _drop_rank_notes(graph, ranks)
+    elif adapter_rank:
+        del graph.value_info[:]  # onnxruntime infers them again
     if not any(op.domain == MS_DOMAIN for op in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     return model
+
+
+def _drop_rank_notes(graph, ranks: set[int]) -> None:
+    """Drop the shape notes (value_info) of the probe path's rank-r tensors, now rank r + R,
+    and keep every other (SmolLM2 causal-lm, 16 x 64, all dropped: peak 883 -> 1451 MiB in fp32)."""
+    probed = {i.name for i in graph.input if i.name.endswith(("::A", "::D"))}
+    for node in graph.node:  # topological: everything computed from an A or a D
+        if any(name in probed for name in node.input):
+            probed.update(node.output)
+    stale = [v for v in graph.value_info if v.name in probed
+             and any(d.dim_value in ranks for d in v.type.tensor_type.shape.dim)]
+    for value in stale:
+        graph.value_info.remove(value)
 
 
 def _base_matmul(graph, target: Target):
@@ -176,7 +207,8 @@ def _quantized_nodes(target: Target, form: str, x: str, y: str):
     packed, scale = quantize_blocks(b, bits)
     inits = [numpy_helper.from_array(packed, prefix), numpy_helper.from_array(scale.reshape(-1), f"{prefix}.scale")]
     node = helper.make_node("MatMulNBits", [x, prefix, f"{prefix}.scale"], [y], domain=MS_DOMAIN,
-                            name=f"{prefix}.matmul", K=k, N=n, bits=bits, block_size=BLOCK, accuracy_level=4)
+                            name=f"{prefix}.matmul", K=k, N=n, bits=bits, block_size=BLOCK,
+                            accuracy_level=ACCURACY_LEVEL[bits])
     return [node], inits
 
 
@@ -271,7 +303,7 @@ def quantize_bundle(folder, manifest, form: str, adapter_rank: int, batch: dict 
                         "so nothing would be quantized; give a smaller --adapter-rank or keep fp32 weights")
     targets = [Target(m.inputs["W"], weights[m.name], m.layout) for m in low]
     for name in filter(None, (manifest.model_file, manifest.inference_file)):  # deploy bakes the second
-        rewrite(folder / name, targets, form, adapter_rank)
+        rewrite(folder / name, targets, form, adapter_rank, keep_notes=manifest.task == "causal-lm")
     kept = [m for m in manifest.matrices if m not in low]  # fp32 W inputs, appended again
     records = dict(zip([m.name for m in kept],
                        append_weights(model_path, [torch.from_numpy(weights[m.name]) for m in kept])))
@@ -285,11 +317,14 @@ def quantize_bundle(folder, manifest, form: str, adapter_rank: int, batch: dict 
     return manifest
 
 
-def rewrite(path, targets: list[Target], form: str, adapter_rank: int) -> None:
-    """quantize_graph on the ONNX file at `path`, saved over it with fresh external data."""
+def rewrite(path, targets: list[Target], form: str, adapter_rank: int, keep_notes: bool = False) -> None:
+    """quantize_graph and quantize_embeddings on the ONNX file at `path`, saved over it with
+    fresh external data."""
     from edge_zo_export.graph import data_path
+    from edge_zo_export.quantize_embed import quantize_embeddings
     model = onnx.load(str(path))
-    quantize_graph(model, targets, form, adapter_rank)
+    quantize_graph(model, targets, form, adapter_rank, keep_notes)
+    quantize_embeddings(model, form)  # the frozen token embedding and a tied LM head
     data_path(path).unlink(missing_ok=True)
     onnx.save(model, str(path), save_as_external_data=True, location=data_path(path).name)
     data_path(path).chmod(path.stat().st_mode & 0o777)  # onnx writes it 0600; the rest of a bundle is not

@@ -123,6 +123,31 @@ def test_ceiling(dirs, shared_data, mode):
     assert (report["trained_parameters"] < 3000) == (mode == "zo-bitfit")
 
 
+def test_quantized(dirs, tmp_path):
+    """quantized.py on a tiny Llama bundle: ONNX variants with the quantized embedding and
+    PyTorch fp32/bf16, alternating in one worker; memory phases per variant."""
+    sys.path.insert(0, str(REPO / "tests" / "export"))
+    import tiny_models
+    from edge_zo.cli import main
+    model = tiny_models.build("llama", tmp_path / "model")
+    bundle = tmp_path / "bundle"
+    assert main(["export", str(model), "--task", "classification", "--label-words", " terrible", " great",
+                 "--head", "label-words", "--rank", "2", "--out", str(bundle)]) == 0
+    variants = ["fp32", "int8@8+e", "int4@8+e", "torch-fp32", "torch-bf16"]
+    out = tmp_path / "quantized.json"
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "quantized.py"), "--bundle", str(bundle),
+                           "--work", str(dirs[0]), "--out", str(out), "--batch", "2", "--seq", "8", "--iters", "2",
+                           "--rounds", "1", "--variants", ",".join(variants)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert list(report["ratios"]) == variants and "quantized.py" in report["command"]
+    for name in variants:
+        assert positive(report["ratios"][name]["time_vs_torch_bf16_median_of_rounds"])
+        assert report["medians"][name]["max_abs_score_diff"] < 0.5 * report["score_scale"]
+        phases = report["memory"][name][0]["phases"]
+        assert phases["ran"]["VmRSS"] >= phases["imports"]["VmRSS"] > 0
+
+
 def test_ceiling_text(dirs, shared_data):
     """The personalization room: backprop on the wiki paragraphs lowers held-out NLL per token."""
     _, results = dirs

@@ -1,4 +1,4 @@
-"""The built-in models' one-time preparation (export/models.py)."""
+"""The built-in models' one-time preparation (edge_zo_export/models.py)."""
 
 import importlib.util
 import os

@@ -1,4 +1,4 @@
-"""export/quantize.py's operands against onnxruntime's own kernels, and adapter.absorb's cut.
+"""edge_zo_export/quantize.py's operands against onnxruntime's own kernels, and adapter.absorb's cut.
 
 Each quantized form is run as a one-node graph by onnxruntime and compared with numpy's
 x · dequantize(quantize(W)): a wrong packing order, scale axis or zero point shows up as an
