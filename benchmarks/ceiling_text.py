@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -52,7 +53,7 @@ def load_lm(tiny: bool):
         config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                              num_key_value_heads=2, intermediate_size=64)
         return tokenizer, LlamaForCausalLM(config)
-    return tokenizer, AutoModelForCausalLM.from_pretrained(folder, torch_dtype="float32")
+    return tokenizer, AutoModelForCausalLM.from_pretrained(folder, dtype="float32")
 
 
 def nll_sum(model, tokenizer, texts: list[str], max_len: int):
@@ -75,7 +76,8 @@ def mean_nll(model, tokenizer, texts: list[str], args) -> float:
     return total / tokens
 
 
-def run_seed(args, seed: int) -> dict:
+def run_seed(args, seed: int, save) -> dict:
+    """One seed's curve; `save(result)` is called at every evaluation (a stopped run keeps its points)."""
     import numpy as np
     import torch
     torch.manual_seed(seed)
@@ -108,10 +110,16 @@ def run_seed(args, seed: int) -> dict:
                           "test_loss": mean_nll(model, tokenizer, test, args)})
             print(f"seed {seed} step {step}: dev {evals[-1]['eval_loss']:.4f} test {evals[-1]['test_loss']:.4f}",
                   flush=True)
+            save(summary(args, seed, evals))
+    return summary(args, seed, evals)
+
+
+def summary(args, seed: int, evals: list[dict]) -> dict:
     best = min(evals, key=lambda e: e["eval_loss"])
     return {"mode": "bp-all", "task": "wiki", "lr": args.lr, "steps": args.steps, "batch": args.batch, "seed": seed,
-            "evals": evals, "start_loss": evals[0]["test_loss"], "best_dev_loss": best["test_loss"],
-            "best_dev_step": best["step"], "change": best["test_loss"] / evals[0]["test_loss"] - 1}
+            "evals": evals, "complete": evals[-1]["step"] == args.steps, "start_loss": evals[0]["test_loss"],
+            "best_dev_loss": best["test_loss"], "best_dev_step": best["step"],
+            "change": best["test_loss"] / evals[0]["test_loss"] - 1}
 
 
 def cell(args, seed: int) -> Path:
@@ -125,7 +133,8 @@ def table(args) -> str:
     for path in sorted((args.results / "ceiling").glob("*-wiki-*.json")):
         c = json.loads(path.read_text())
         rows.append(f"| {path.stem} | {c['start_loss']:.4f} | {c['best_dev_loss']:.4f} | {100 * c['change']:+.2f}% "
-                    f"| {c['evals'][-1]['forward_passes']} | {c['evals'][-1]['train_s']:.0f} "
+                    f"| {c['evals'][-1]['forward_passes']}{'' if c.get('complete', True) else ' (stopped)'} "
+                    f"| {c['evals'][-1]['train_s']:.0f} "
                     f"| {c['load_avg_start'][0]:.1f}-{c['load_avg_end'][0]:.1f} |")
     return "\n".join(rows)
 
@@ -137,9 +146,13 @@ def main(argv=None) -> int:
         return 0
     for seed in args.seeds:
         machine, clock = common.machine(), common.Stopwatch()
-        result = run_seed(args, seed)
-        result.update(command=common.command(__file__, argv), wall_s=clock(), **machine)
-        common.write_json(result, cell(args, seed))
+
+        def save(result: dict) -> None:
+            result.update(command=common.command(__file__, argv), wall_s=clock(), **machine,
+                          load_avg_end=os.getloadavg())
+            common.write_json(result, cell(args, seed))
+
+        result = run_seed(args, seed, save)
         print(f"seed {seed}: test NLL {result['start_loss']:.4f} -> {result['best_dev_loss']:.4f} "
               f"({100 * result['change']:+.2f}%)", flush=True)
     return 0

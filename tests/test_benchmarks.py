@@ -157,6 +157,7 @@ def test_ceiling_text(dirs, shared_data):
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((results / "ceiling" / "tiny-wiki-bp-all-lr0.01-s4-seed0.json").read_text())
     assert [e["step"] for e in report["evals"]] == [0, 2, 4] and report["evals"][-1]["forward_passes"] == 12
+    assert report["complete"] and "wall_s" in report  # written at each evaluation, whole at the end
     best = min(report["evals"], key=lambda e: e["eval_loss"])
     assert report["best_dev_loss"] == best["test_loss"] and report["start_loss"] == report["evals"][0]["test_loss"]
     # a random model learns the text's token statistics in a few steps at this rate
