@@ -41,16 +41,8 @@ def parse(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--mode", choices=MODES, default="zo-bitfit")
     p.add_argument("--task", default="sst2", choices=[n for n, t in quality_tasks.TASKS.items() if not t.causal])
-    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--mu", type=float, default=1e-3, help="SPSA perturbation scale (zo modes)")
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--evals", type=int, default=4)
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--table", action="store_true")
-    p.add_argument("--tiny", action="store_true", help="a 2-layer random encoder, 64 train rows, 4 steps")
-    p.add_argument("--results", type=Path, default=Path(__file__).resolve().parent / "results")
+    common.add_reference_args(p, lr=1e-3, steps=1000, batch=16, tiny="a 2-layer random encoder, 64 train rows, 4 steps")
     args = p.parse_args(argv)
     if args.tiny:
         args.steps, args.evals = 4, 2

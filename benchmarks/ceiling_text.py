@@ -28,16 +28,8 @@ import quality_tasks  # noqa: E402
 
 def parse(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--lr", type=float, default=1e-5)
-    p.add_argument("--steps", type=int, default=333)
-    p.add_argument("--evals", type=int, default=4)
-    p.add_argument("--batch", type=int, default=4)
     p.add_argument("--max-len", type=int, default=512, help="tokens a row keeps (the bundle's max_seq_len)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--table", action="store_true")
-    p.add_argument("--tiny", action="store_true", help="a 2-layer random Llama, 16 train rows, 4 steps")
-    p.add_argument("--results", type=Path, default=Path(__file__).resolve().parent / "results")
+    common.add_reference_args(p, lr=1e-5, steps=333, batch=4, tiny="a 2-layer random Llama, 16 train rows, 4 steps")
     args = p.parse_args(argv)
     if args.tiny:
         args.steps, args.evals = 4, 2

@@ -51,6 +51,20 @@ def add_common(p, batch: int | None = None, seq: int | None = None) -> None:
     p.add_argument("--results", type=Path, default=RESULTS, help="folder for the JSON / PNG results")
 
 
+def add_reference_args(p, lr: float, steps: int, batch: int, tiny: str) -> None:
+    """Options of the host-side PyTorch references (ceiling.py, ceiling_text.py): a run of
+    `steps` updates at `lr`, scored `evals` times, per seed; `--tiny` is their CI smoke run."""
+    p.add_argument("--lr", type=float, default=lr)
+    p.add_argument("--steps", type=int, default=steps)
+    p.add_argument("--evals", type=int, default=4)
+    p.add_argument("--batch", type=int, default=batch)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--table", action="store_true", help="print every run so far as a table")
+    p.add_argument("--tiny", action="store_true", help=tiny)
+    p.add_argument("--results", type=Path, default=RESULTS, help="folder for the JSON results")
+
+
 def fill_shape(args) -> None:
     b, t = SHAPES["tiny" if args.tiny else args.model]
     args.batch, args.seq = args.batch or b, args.seq or t
