@@ -43,10 +43,7 @@ def parse(argv):
     p.add_argument("--task", default="sst2", choices=[n for n, t in quality_tasks.TASKS.items() if not t.causal])
     p.add_argument("--mu", type=float, default=1e-3, help="SPSA perturbation scale (zo modes)")
     common.add_reference_args(p, lr=1e-3, steps=1000, batch=16, tiny="a 2-layer random encoder, 64 train rows, 4 steps")
-    args = p.parse_args(argv)
-    if args.tiny:
-        args.steps, args.evals = 4, 2
-    return args
+    return common.parse_reference(p, argv)
 
 
 def load_encoder(tiny: bool):

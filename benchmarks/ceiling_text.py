@@ -30,10 +30,7 @@ def parse(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--max-len", type=int, default=512, help="tokens a row keeps (the bundle's max_seq_len)")
     common.add_reference_args(p, lr=1e-5, steps=333, batch=4, tiny="a 2-layer random Llama, 16 train rows, 4 steps")
-    args = p.parse_args(argv)
-    if args.tiny:
-        args.steps, args.evals = 4, 2
-    return args
+    return common.parse_reference(p, argv)
 
 
 def load_lm(tiny: bool):

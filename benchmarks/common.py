@@ -65,6 +65,14 @@ def add_reference_args(p, lr: float, steps: int, batch: int, tiny: str) -> None:
     p.add_argument("--results", type=Path, default=RESULTS, help="folder for the JSON results")
 
 
+def parse_reference(p, argv):
+    """Parse a reference's options; `--tiny` runs 4 steps scored twice."""
+    args = p.parse_args(argv)
+    if args.tiny:
+        args.steps, args.evals = 4, 2
+    return args
+
+
 def fill_shape(args) -> None:
     b, t = SHAPES["tiny" if args.tiny else args.model]
     args.batch, args.seq = args.batch or b, args.seq or t
