@@ -176,6 +176,8 @@ def table(args) -> str:
     from quality import mean_se
     groups: dict[str, list[dict]] = {}
     for path in sorted((args.results / "ceiling").glob("*.json")):
+        if "-wiki-" in path.name:  # ceiling_text.py's runs: their own table
+            continue
         r = json.loads(path.read_text())
         groups.setdefault(path.name.rsplit("-seed", 1)[0], []).append(r)
     lines = ["| cell | seeds | probe test | best-dev test | gain over the probe | forwards at best |", "|---|---|---|---|---|---|"]

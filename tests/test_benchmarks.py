@@ -162,3 +162,8 @@ def test_ceiling_text(dirs, shared_data):
     assert report["best_dev_loss"] == best["test_loss"] and report["start_loss"] == report["evals"][0]["test_loss"]
     # a random model learns the text's token statistics in a few steps at this rate
     assert report["best_dev_loss"] < report["start_loss"] and report["change"] < 0
+    # both references keep JSON in results/ceiling/: each table reads its own runs only
+    for script, name in (("ceiling_text.py", "tiny-wiki-bp-all"), ("ceiling.py", "| cell |")):
+        listing = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), "--table", "--results", str(results)],
+                                 capture_output=True, text=True, timeout=120)
+        assert listing.returncode == 0 and name in listing.stdout, listing.stderr[-2000:]
