@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -137,8 +136,7 @@ def main(argv=None) -> int:
         machine, clock = common.machine(), common.Stopwatch()
 
         def save(result: dict) -> None:
-            result.update(command=common.command(__file__, argv), wall_s=clock(), **machine,
-                          load_avg_end=os.getloadavg())
+            result.update(command=common.command(__file__, argv), wall_s=clock(), **machine)
             common.write_json(result, cell(args, seed))
 
         result = run_seed(args, seed, save)

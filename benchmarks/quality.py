@@ -148,6 +148,7 @@ def finetune_cell(args, task, bundle: Path, files: dict, seed: int) -> dict:
     """The default job (plus --set keys) for the budget, dev and test scored together."""
     import shutil
     from edge_zo import loop
+    from edge_zo.verdict import dev_verdict
     from edge_zo.bundle import read_manifest
     from edge_zo.metrics import MetricsLog
     from edge_zo.optim.base import DivergedError
@@ -175,7 +176,7 @@ def finetune_cell(args, task, bundle: Path, files: dict, seed: int) -> dict:
     records = MetricsLog(run_dir / "metrics.jsonl").read()
     evals = [{k: r[k] for k in ("step", "forward_passes", "train_s", "eval_acc", "eval_loss", "test_acc", "test_loss")
               if k in r} for r in records if r["kind"] == "eval"]
-    verdict = loop.dev_verdict(records, run_dir)  # the loop's own choice of the best-dev snapshot
+    verdict = dev_verdict(records, run_dir)  # the loop's own choice of the best-dev snapshot
     metric = verdict["metric"].removeprefix("eval_")
     best = next(e for e in evals if e["step"] == verdict["best_step"])
     start = evals[0][f"test_{metric}"]

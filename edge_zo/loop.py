@@ -35,7 +35,6 @@ from edge_zo.runconfig import RunConfig
 from edge_zo.stopping import StopFlag, Stopped
 from edge_zo.templates import ChoiceTemplate, Template, explicit_words, fit_template
 from edge_zo.runtime import Runtime
-from edge_zo.verdict import dev_verdict  # noqa: F401  (benchmarks/quality.py reads it from here)
 
 
 def finetune(config: RunConfig, run_dir: Path, resume: bool = False, budget: Budget | None = None,
