@@ -1,6 +1,8 @@
 """How much room personalization leaves: backprop on a user's text, the reference for `wiki`.
 
     python benchmarks/ceiling_text.py --lr 1e-5 --steps 333 --seeds 0     # AdamW, every weight
+    python benchmarks/ceiling_text.py --train head --lr 1e-4 --steps 124 --evals 2   # the LM head alone
+    python benchmarks/ceiling_text.py --train bias --lr 1e-2 --steps 124 --evals 1   # a logit bias alone
     python benchmarks/ceiling_text.py --table                              # every run so far
     python benchmarks/ceiling_text.py --tiny                               # CI smoke run (tiny random Llama)
 
@@ -11,6 +13,11 @@ splits (quality_tasks.py: 300 train / 100 dev paragraphs per seed, 200 fixed tes
 paragraphs), the same metric (mean NLL over every token but each row's first, as
 edge_zo.data scores text rows), exact gradients on every weight. A backprop step counts
 3 forward-equivalents, so 333 steps of batch 4 match the ZO cell's 1000 forwards.
+
+`--train head` and `--train bias` measure a lever a forward-only runtime could have: the
+gradient of the last linear map (the LM head, or a logit bias added to it) is a closed form
+of the forward's own features, softmax(logits) - onehot(target) times h, with no backprop
+through the body. So a step of them costs one forward (the features under no_grad).
 """
 
 from __future__ import annotations
@@ -28,6 +35,11 @@ import quality_tasks  # noqa: E402
 def parse(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--max-len", type=int, default=512, help="tokens a row keeps (the bundle's max_seq_len)")
+    p.add_argument("--train", choices=("all", "head", "bias"), default="all",
+                   help="all: backprop on every weight (3 forward-equivalents a step); head: only an untied copy of "
+                        "the LM head, by its exact gradient from the body's features; bias: only a new logit bias "
+                        "[V] (head and bias: 1 forward a step, what a forward-only runtime can compute without "
+                        "backprop)")
     common.add_reference_args(p, lr=1e-5, steps=333, batch=4, tiny="a 2-layer random Llama, 16 train rows, 4 steps")
     return common.parse_reference(p, argv)
 
@@ -44,11 +56,31 @@ def load_lm(tiny: bool):
     return tokenizer, AutoModelForCausalLM.from_pretrained(folder, dtype="float32")
 
 
+def trained_parameters(model, train: str) -> list:
+    """What --train updates. head: the body frozen, the LM head an untied trainable copy of
+    the (tied) weights; bias: the body and head frozen, a zero logit bias added to the head."""
+    import torch
+    if train == "all":
+        return list(model.parameters())
+    for param in model.parameters():
+        param.requires_grad_(False)
+    if train == "head":
+        model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
+        return [model.lm_head.weight]
+    model.lm_head.bias = torch.nn.Parameter(torch.zeros(model.lm_head.weight.shape[0]))
+    return [model.lm_head.bias]
+
+
 def nll_sum(model, tokenizer, texts: list[str], max_len: int):
     """(summed NLL, scored tokens) of a batch: every token but a row's first, padding masked."""
     import torch
     enc = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_len)
-    logits = model(input_ids=enc.input_ids, attention_mask=enc.attention_mask).logits[:, :-1]
+    if not model.model.embed_tokens.weight.requires_grad:
+        with torch.no_grad():  # --train head / bias: the body's features only, no graph through it
+            features = model.model(input_ids=enc.input_ids, attention_mask=enc.attention_mask).last_hidden_state
+        logits = model.lm_head(features)[:, :-1]
+    else:
+        logits = model(input_ids=enc.input_ids, attention_mask=enc.attention_mask).logits[:, :-1]
     target, mask = enc.input_ids[:, 1:], enc.attention_mask[:, 1:].float()
     nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none")
     return (nll * mask).sum(), mask.sum()
@@ -76,7 +108,8 @@ def run_seed(args, seed: int, save) -> dict:
     train, dev, test = ([row["text"] for row in rows] for rows in quality_tasks.split("wiki", seed))
     if args.tiny:
         train, dev, test = train[:16], dev[:8], test[:8]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(trained_parameters(model, args.train), lr=args.lr, weight_decay=0.0)
+    per_step = 3 if args.train == "all" else 1  # forward-equivalents a step
     order, clock = np.random.default_rng(seed), common.Stopwatch()
     every = max(1, args.steps // args.evals)
     evals = [{"step": 0, "forward_passes": 0, "train_s": 0.0, "eval_loss": mean_nll(model.eval(), tokenizer, dev, args),
@@ -93,7 +126,7 @@ def run_seed(args, seed: int, save) -> dict:
         train_s += clock() - start
         if step % every == 0 or step == args.steps:
             model.eval()
-            evals.append({"step": step, "forward_passes": 3 * step, "train_s": train_s,
+            evals.append({"step": step, "forward_passes": per_step * step, "train_s": train_s,
                           "eval_loss": mean_nll(model, tokenizer, dev, args),
                           "test_loss": mean_nll(model, tokenizer, test, args)})
             print(f"seed {seed} step {step}: dev {evals[-1]['eval_loss']:.4f} test {evals[-1]['test_loss']:.4f}",
@@ -104,26 +137,35 @@ def run_seed(args, seed: int, save) -> dict:
 
 def summary(args, seed: int, evals: list[dict]) -> dict:
     best = min(evals, key=lambda e: e["eval_loss"])
-    return {"mode": "bp-all", "task": "wiki", "lr": args.lr, "steps": args.steps, "batch": args.batch, "seed": seed,
+    return {"mode": f"bp-{args.train}", "task": "wiki", "lr": args.lr, "steps": args.steps, "batch": args.batch, "seed": seed,
             "evals": evals, "complete": evals[-1]["step"] == args.steps, "start_loss": evals[0]["test_loss"],
             "best_dev_loss": best["test_loss"], "best_dev_step": best["step"],
             "change": best["test_loss"] / evals[0]["test_loss"] - 1}
 
 
 def cell(args, seed: int) -> Path:
-    name = f"{'tiny' if args.tiny else 'smollm2-135m'}-wiki-bp-all-lr{args.lr:g}-s{args.steps}-seed{seed}.json"
+    name = f"{'tiny' if args.tiny else 'smollm2-135m'}-wiki-bp-{args.train}-lr{args.lr:g}-s{args.steps}-seed{seed}.json"
     return args.results / "ceiling" / name
 
 
 def table(args) -> str:
-    rows = ["| run | test NLL start | best-dev test NLL | change | forward-equivalents | train s | load |",
-            "|---|---|---|---|---|---|---|"]
+    """One row per setting, seeds pooled: mean ± s.e. of the start, the best-dev snapshot and the change."""
+    from quality import mean_se
+    groups: dict[str, list[dict]] = {}
     for path in sorted((args.results / "ceiling").glob("*-wiki-*.json")):
-        c = json.loads(path.read_text())
-        rows.append(f"| {path.stem} | {c['start_loss']:.4f} | {c['best_dev_loss']:.4f} | {100 * c['change']:+.2f}% "
-                    f"| {c['evals'][-1]['forward_passes']}{'' if c.get('complete', True) else ' (stopped)'} "
-                    f"| {c['evals'][-1]['train_s']:.0f} "
-                    f"| {c['load_avg_start'][0]:.1f}-{c['load_avg_end'][0]:.1f} |")
+        groups.setdefault(path.name.rsplit("-seed", 1)[0], []).append(json.loads(path.read_text()))
+    rows = ["| run | seeds | test NLL start | best-dev test NLL | change (%) | forward-equivalents at best | train s | load |",
+            "|---|---|---|---|---|---|---|---|"]
+    for name, runs in groups.items():
+        at_best = [next(e for e in c["evals"] if e["step"] == c["best_dev_step"]) for c in runs]
+        stopped = "" if all(c.get("complete", True) for c in runs) else " (stopped)"
+        load = [x for c in runs for x in (c["load_avg_start"][0], c["load_avg_end"][0])]
+        train_s = ", ".join(f"{c['evals'][-1]['train_s']:.0f}" for c in runs)
+        rows.append(f"| {name} | {len(runs)} | {mean_se([c['start_loss'] for c in runs])} "
+                    f"| {mean_se([c['best_dev_loss'] for c in runs])} | {mean_se([100 * c['change'] for c in runs])} "
+                    f"| {', '.join(str(e['forward_passes']) for e in at_best)}{stopped} "
+                    f"| {train_s} "
+                    f"| {min(load):.1f}-{max(load):.1f} |")
     return "\n".join(rows)
 
 

@@ -167,3 +167,29 @@ def test_ceiling_text(dirs, shared_data):
         listing = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), "--table", "--results", str(results)],
                                  capture_output=True, text=True, timeout=120)
         assert listing.returncode == 0 and name in listing.stdout, listing.stderr[-2000:]
+
+
+@pytest.mark.parametrize("train", ["head", "bias"])
+def test_ceiling_text_trains_only_what_a_forward_pays_for(train):
+    """--train head / bias: one step moves the LM head (an untied copy) or a new logit bias
+    and nothing else: the body, and the input embedding the head was tied to, stay as they were."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import ceiling_text
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                         num_key_value_heads=2, intermediate_size=32, tie_word_embeddings=True))
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    trained = ceiling_text.trained_parameters(model, train)
+    optimizer = torch.optim.AdamW(trained, lr=1e-2, weight_decay=0.0)
+    ids = torch.randint(0, 64, (2, 8))
+    model(input_ids=ids, labels=ids).loss.backward()
+    optimizer.step()
+    assert len(trained) == 1 and trained[0].shape == ((64, 16) if train == "head" else (64,))
+    tied = before["model.embed_tokens.weight"]  # the head's weights before (tied: listed once)
+    assert not torch.equal(trained[0], tied if train == "head" else torch.zeros(64))
+    for name, p in model.named_parameters():
+        if p is not trained[0]:
+            assert torch.equal(p, before[name]), name
+    assert torch.equal(model.model.embed_tokens.weight, tied)
