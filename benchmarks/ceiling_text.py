@@ -1,8 +1,8 @@
 """How much room personalization leaves: backprop on a user's text, the reference for `wiki`.
 
     python benchmarks/ceiling_text.py --lr 1e-5 --steps 333 --seeds 0     # AdamW, every weight
-    python benchmarks/ceiling_text.py --train head --lr 1e-4 --steps 124 --evals 2   # the LM head alone
-    python benchmarks/ceiling_text.py --train bias --lr 1e-2 --steps 124 --evals 1   # a logit bias alone
+    python benchmarks/ceiling_text.py --train head --lr 3e-5 --steps 124 --evals 2 --seeds 0 1 2   # the LM head alone
+    python benchmarks/ceiling_text.py --train bias --lr 1e-2 --steps 124 --evals 1 --seeds 0 1 2   # a logit bias alone
     python benchmarks/ceiling_text.py --table                              # every run so far
     python benchmarks/ceiling_text.py --tiny                               # CI smoke run (tiny random Llama)
 
