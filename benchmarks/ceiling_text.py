@@ -17,7 +17,7 @@ edge_zo.data scores text rows), exact gradients on every weight. A backprop step
 `--train head` and `--train bias` measure a lever a forward-only runtime could have: the
 gradient of the last linear map (the LM head, or a logit bias added to it) is a closed form
 of the forward's own features, softmax(logits) - onehot(target) times h, with no backprop
-through the body. So a step of them costs one forward (the features under no_grad).
+through the body. So a step of them costs one forward (the body's weights do not require grad).
 """
 
 from __future__ import annotations
@@ -75,12 +75,8 @@ def nll_sum(model, tokenizer, texts: list[str], max_len: int):
     """(summed NLL, scored tokens) of a batch: every token but a row's first, padding masked."""
     import torch
     enc = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_len)
-    if not model.model.embed_tokens.weight.requires_grad:
-        with torch.no_grad():  # --train head / bias: the body's features only, no graph through it
-            features = model.model(input_ids=enc.input_ids, attention_mask=enc.attention_mask).last_hidden_state
-        logits = model.lm_head(features)[:, :-1]
-    else:
-        logits = model(input_ids=enc.input_ids, attention_mask=enc.attention_mask).logits[:, :-1]
+    # --train head / bias: no body weight requires grad, so autograd records the head alone
+    logits = model(input_ids=enc.input_ids, attention_mask=enc.attention_mask).logits[:, :-1]
     target, mask = enc.input_ids[:, 1:], enc.attention_mask[:, 1:].float()
     nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none")
     return (nll * mask).sum(), mask.sum()
