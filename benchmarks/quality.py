@@ -55,6 +55,8 @@ def parse(argv):
                    help="finetune keys for a lever, e.g. optimizer.eta=3e-2 preset=mezo")
     p.add_argument("--weights", default="fp32", choices=("fp32", "int8", "int4"),
                    help="edge-zo export's --weights: the frozen base's format (a quantized bundle trains an adapter)")
+    p.add_argument("--logit-bias", action="store_true",
+                   help="causal-lm tasks: export --logit-bias, so the job also trains a logit bias by its exact gradient")
     p.add_argument("--fresh", action="store_true", help="rerun cells already in --results")
     p.add_argument("--table", action="store_true", help="print and write the table of every cell in --results")
     args = p.parse_args(argv)
@@ -80,7 +82,8 @@ def main(argv=None) -> int:
         files = quality_tasks.write_split(args.task, seed, args.work / "quality-data" / args.task, args.test_examples)
         cell = (finetune_cell if args.method == "finetune" else prompt_cell)(args, task, bundle, files, seed)
         settings = (args.overrides + ([] if args.head == "auto" else [f"--head {args.head}"])
-                    + ([] if args.weights == "fp32" else [f"--weights {args.weights}"]))
+                    + ([] if args.weights == "fp32" else [f"--weights {args.weights}"])
+                    + (["--logit-bias"] if args.logit_bias else []))
         cell.update(model=common.tag(args), task=args.task, method=args.method, seed=seed, settings=settings,
                     budget=args.budget if args.method == "finetune" else 0, batch_size=args.batch,
                     command=common.command(__file__, argv), wall_s=clock(), **machine)
@@ -94,6 +97,7 @@ def cell_path(args, seed: int) -> Path:
     settings = "".join(f"-{item.replace('optimizer.', '')}" for item in sorted(args.overrides))
     settings += "" if args.head == "auto" else f"-head-{args.head}"
     settings += "" if args.weights == "fp32" else f"-{args.weights}"
+    settings += "-logit-bias" if args.logit_bias else ""
     budget = f"-b{args.budget}" if args.method == "finetune" else ""
     shots = f"-k{args.shots}" if args.method == "icl" and args.shots else ""
     return args.results / "quality" / f"{common.tag(args)}-{args.task}-{args.method}{settings}{shots}{budget}-seed{seed}.json"
@@ -117,14 +121,17 @@ def bundle_for(args, task: quality_tasks.Task) -> Path:
         raise SystemExit("icl needs labels or candidates; the wiki task scores text (use finetune or zero-shot)")
     # A language model's prompts grow with in-context demonstrations (an encoder's never do)
     seq = task.max_seq_len if encoder or args.tiny else max(task.max_seq_len, 512)
+    seq = min(seq, 128) if args.tiny else seq  # the tiny Llama's positions
     graph = "fullrank" if any(item in ("preset=mezo", "preset=loren") for item in args.overrides) else "lowrank"
     folder = args.work / (f"quality-{common.tag(args)}-{key}-t{seq}{'-fullrank' if graph == 'fullrank' else ''}"
                           + ("" if args.head == "auto" else f"-{args.head}")
-                          + ("" if args.weights == "fp32" else f"-{args.weights}"))
+                          + ("" if args.weights == "fp32" else f"-{args.weights}")
+                          + ("-logit-bias" if args.logit_bias and causal else ""))
     if not (folder / "manifest.json").is_file():
         export_bundle(ExportOptions(model=model, task="causal-lm" if causal else "classification", out=folder,
                                     force=True, rank=args.rank, graph=graph, label_words=[] if causal else words,
-                                    head=args.head, max_seq_len=seq, weights=args.weights))
+                                    head=args.head, max_seq_len=seq, weights=args.weights,
+                                    logit_bias=args.logit_bias and causal))
     return folder
 
 

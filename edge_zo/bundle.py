@@ -27,6 +27,11 @@ Graph contract (format version 1), low-rank graph (`graph == "lowrank"`):
                                          (what `finetune`'s linear probe is fitted on)
 A `dense` matrix (the linear head) has only its W input, also in a low-rank graph: it is
 perturbed and updated in full (optimizers see it as one flat vector of m·n entries).
+An `exact` matrix (causal-lm, `export --logit-bias`: `logit_bias` float32 [1, V], added to
+every scored position's logits) has only its W input and is not the optimizers' at all:
+the loop trains it by its exact gradient (edge_zo/logit_bias.py), read from the output
+           token_probs float32 [P, V]   per probe slot, the sum over the scored tokens of
+                                        the predicted distribution softmax(logits + bias)
 The full-rank graph (`graph == "fullrank"`, MeZO/LOREN) has the same inputs without A
 and D, and P = 1.
 Base weight values: `TrainedMatrix.weight_data` = {location, offset, length} locates W's
@@ -78,10 +83,11 @@ class TrainedMatrix:
     inputs: dict[str, str] = field(default_factory=dict)  # role ("W", "A", "D") -> graph input
     weight_data: dict = field(default_factory=dict)  # {location, offset, length} of W's bytes
     dense: bool = False  # W input only, even in a low-rank graph (the linear head)
+    exact: bool = False  # W input only, trained by its exact gradient, not by ZO (the logit bias)
 
     def roles(self, graph: str, weights: str = "fp32") -> list[set[str]]:
         """The sets of graph inputs this matrix may have (bundle docstring)."""
-        if graph != "lowrank" or self.dense:
+        if graph != "lowrank" or self.dense or self.exact:
             return [{"W"}]
         return [{"W", "A", "D"}] + ([{"U", "A", "D", "V"}] if weights != "fp32" else [])
 
@@ -116,8 +122,15 @@ class Manifest:
     format_version: int = FORMAT_VERSION
 
     def trained_shapes(self) -> dict[str, tuple[int, ...]]:
-        """What the optimizers see: (m, n) per matrix, (m·n,) for a dense one (their 1-D path)."""
-        return {m.name: (m.shape[0] * m.shape[1],) if m.dense else tuple(m.shape) for m in self.matrices}
+        """What the optimizers see: (m, n) per matrix, (m·n,) for a dense one (their 1-D path);
+        never an exact one (the loop trains it)."""
+        return {m.name: (m.shape[0] * m.shape[1],) if m.dense else tuple(m.shape)
+                for m in self.matrices if not m.exact}
+
+    @property
+    def logit_bias(self) -> TrainedMatrix | None:
+        """The exact matrix (`export --logit-bias`), or None."""
+        return next((m for m in self.matrices if m.exact), None)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -166,7 +179,7 @@ class Manifest:
             raise bad(f"max_seq_len must be >= 1, got {self.max_seq_len}")
         if not self.matrices:
             raise bad("no trained matrices")
-        if all(mat.dense for mat in self.matrices) and self.graph == "lowrank":
+        if all(mat.dense or mat.exact for mat in self.matrices) and self.graph == "lowrank":
             raise bad("a low-rank graph needs at least one matrix that is not dense")
         if self.weights not in WEIGHT_FORMATS:
             raise bad(f"weights {self.weights!r} is not one of {WEIGHT_FORMATS}")
@@ -175,7 +188,7 @@ class Manifest:
                       f"on a {self.graph} graph (a quantized low-rank bundle has R > 0, others 0)")
         for mat in self.matrices:
             m, n = mat.shape
-            lowrank = self.graph == "lowrank" and not mat.dense
+            lowrank = self.graph == "lowrank" and not (mat.dense or mat.exact)
             roles = mat.roles(self.graph, self.weights)
             if m < 1 or n < 1:
                 raise bad(f"matrix {mat.name}: shape {mat.shape} must be positive")
@@ -188,6 +201,9 @@ class Manifest:
             if set(mat.inputs) not in roles:
                 raise bad(f"matrix {mat.name}: inputs {sorted(mat.inputs)} must be "
                           f"{' or '.join(str(sorted(r)) for r in roles)}")
+            if mat.exact and (self.task != "causal-lm" or m != 1 or mat.dense):
+                raise bad(f"matrix {mat.name}: an exact matrix is a causal-lm logit bias of shape (1, V), "
+                          f"not {mat.shape} in a {self.task} bundle")
             if mat.weight_data and set(mat.weight_data) != WEIGHT_DATA_KEYS:
                 raise bad(f"matrix {mat.name}: weight_data keys {sorted(mat.weight_data)} "
                           f"must be {sorted(WEIGHT_DATA_KEYS)}")

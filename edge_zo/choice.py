@@ -8,7 +8,7 @@ long candidate is not penalised for its length (DESIGN.md section 7). Then:
   accuracy  = share of examples whose right candidate has the highest mean log-likelihood
 The optimizer sees the loss through `ChoiceOracle`, which stands between it and the
 runtime on live steps; the journal records the losses it returned, so a resumed run
-replays them unchanged (edge_zo.loop.ReplayOracle).
+replays them unchanged (edge_zo.resume.ReplayOracle).
 """
 
 from __future__ import annotations

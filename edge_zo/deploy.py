@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_zo import checkpoint, evaluation, loop, runconfig
+from edge_zo import checkpoint, evaluation, loop, resume, runconfig
 from edge_zo.bundle import BundleError, read_manifest
 from edge_zo.data import Example, load_tokenizer
 from edge_zo.errors import UserError, writes_to
@@ -186,7 +186,7 @@ def _load_trained(opts: DeployOptions, runtime: Runtime, config) -> tuple[str, i
         raise UserError(f"{opts.run}: no complete checkpoint to deploy (looked in "
                         f"{folders[opts.weights]}); let `edge-zo finetune` run until it writes "
                         f"one (checkpoint_every), or resume it with --resume {opts.run}")
-    state = loop.load_snapshot(ckpt, runtime, config)
+    state = resume.load_snapshot(ckpt, runtime, config)
     optimizer_for(config.optimizer_config(runtime.manifest.rank)).flush(state, runtime)
     note = "" if which == opts.weights else ", no best/ snapshot (no eval data)"
     return f"{which} (step {ckpt.step}{note})", ckpt.step

@@ -8,14 +8,15 @@ seed and step), let the optimizer query the runtime's losses and update, journal
 losses (fsynced: from then on the step counts), log. Resuming loads the newest intact
 checkpoint and replays the journaled steps after it with their recorded losses instead of
 forward passes (redoing the evaluations among them, which patience counts: edge_zo/verdict.py),
-so a run killed at any moment ends in the same weights, and stops at the same step, bit for bit.
+so a run killed at any moment ends in the same weights, and stops at the same step, bit for bit
+(edge_zo/resume.py). A bundle's logit bias is stepped after the optimizer, by the gradient its
+probes' runs return (edge_zo/logit_bias.py), which goes to gradients/ before the journal line.
 SIGINT / SIGTERM (edge_zo/stopping.py) and the memory guard stop before a step, after a
 checkpoint there. The command holds the run folder's lock (edge_zo/runfolder.py) throughout.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -24,12 +25,14 @@ import psutil
 from tqdm import tqdm
 
 from edge_zo import checkpoint, choice, evaluation, events, linear_probe, notices, run_summary, runconfig, verdict
+from edge_zo.logit_bias import LogitBias
 from edge_zo.bundle import read_manifest
 from edge_zo.errors import UserError
 from edge_zo.data import Batch, load_choice, load_classification, load_text, load_tokenizer, make_batch
 from edge_zo.memory.guard import Budget, MemoryBudgetExceeded, MemoryGuard
 from edge_zo.metrics import Clock, MetricsLog, plot
-from edge_zo.optim import ConfigError, DivergedError, check_graph, optimizer_for
+from edge_zo.optim import DivergedError, check_graph, optimizer_for
+from edge_zo.resume import replay, restore, resume_advice, snapshot
 from edge_zo.rng import Key
 from edge_zo.runconfig import RunConfig
 from edge_zo.stopping import StopFlag, Stopped
@@ -93,6 +96,7 @@ def train(config: RunConfig, run_dir: Path, resume: bool, budget: Budget | None,
     state = opt.init(runtime.shapes, opt_config, root.child("init"))
     batches = BatchSchedule(train, config, tokenizer, manifest)
     journal = checkpoint.Journal(run_dir / "journal.jsonl")
+    bias = LogitBias.for_run(config, manifest, template, run_dir)  # None: no bias, or not trained
     # since_best / evaluated_at: patience's count, in every snapshot (edge_zo/verdict.py)
     progress = {"step": 0, "forward_passes": 0, "train_s": 0.0, "eval_s": 0.0, "best": -np.inf,
                 "since_best": 0, "evaluated_at": -1}
@@ -100,7 +104,7 @@ def train(config: RunConfig, run_dir: Path, resume: bool, budget: Budget | None,
     # ---- a fresh run records its config; a resumed one restores and replays ---------
     restored = False
     if resume:
-        state, restored = restore(run_dir, runtime, config, state, progress)
+        state, restored = restore(run_dir, runtime, config, state, progress, bias)
         if restored and not changed and verdict.ended(config, progress, metrics.read(), bool(evals)):
             return verdict.said_finished(config, progress, metrics, run_dir)  # writes nothing
     else:
@@ -108,7 +112,8 @@ def train(config: RunConfig, run_dir: Path, resume: bool, budget: Budget | None,
         runconfig.save(config, run_dir)
     metrics.mirror = events.Events(run_dir, metrics.read())
     clock = Clock(progress["train_s"], progress["eval_s"])
-    start = run_summary.summary(config, opt_config, runtime, len(train), len(evals), progress["step"], budget)
+    start = run_summary.summary(config, opt_config, runtime, len(train), len(evals), progress["step"], budget,
+                                bias is not None)
     tqdm.write("\n".join(run_summary.lines(start, opt_config)), file=sys.stderr)  # stdout: the result JSON
     metrics.write(start)
     announce_start(run_dir, metrics, runtime, skipped, progress["step"])
@@ -151,7 +156,7 @@ def train(config: RunConfig, run_dir: Path, resume: bool, budget: Budget | None,
     if resume and redo:  # new values from the checkpoint on: its journaled steps are redone
         journal.truncate_after(progress["step"] - 1)
     elif resume:  # the journaled steps are replayed, with the evaluations among them
-        state = replay(journal, runtime, opt, state, root, progress, settle)
+        state = replay(journal, runtime, opt, state, root, progress, settle, bias)
     if resume:
         metrics.truncate_after(progress["step"], ends=not verdict.finished(config, progress))
         checkpoint.drop_after(run_dir / "best", progress["step"])  # a redone stretch's old bests
@@ -175,18 +180,23 @@ def train(config: RunConfig, run_dir: Path, resume: bool, budget: Budget | None,
                                            f"--resume {run_dir}")
         except (MemoryBudgetExceeded, Stopped):
             clock.tick()
-            snapshot(run_dir / "checkpoints", t, runtime, state, progress, clock)
+            snapshot(run_dir / "checkpoints", t, runtime, state, progress, clock, bias)
             bar.close()
             journal.close()
             raise
         # ---- one step: probes, update; the journal line makes it count ----------------
         try:
-            state, info = step(opt, state, runtime, batch, root.child("step", t))
+            state, info = step(opt, state, runtime, batch, root.child("step", t), bias)
         except DivergedError as err:
             bar.close()
             journal.close()
             raise DivergedError(f"{err} {resume_advice(run_dir)}") from None
+        if bias is not None:  # its gradient on disk first: a journaled step's is always there
+            g = bias.gradient(runtime, batch)
+            bias.record(t, g)
         journal.append({"step": t, "losses": info.losses.tolist()})
+        if bias is not None:
+            bias.apply(runtime, g)
         progress["forward_passes"] += info.forward_passes
         clock.tick()
         metrics.write({"kind": "train", "step": t + 1, "loss": float(np.mean(info.losses)),
@@ -203,7 +213,7 @@ def train(config: RunConfig, run_dir: Path, resume: bool, budget: Budget | None,
                 break
         if config.checkpoint_every and done % config.checkpoint_every == 0 and done < config.steps:
             clock.tick()
-            snapshot(run_dir / "checkpoints", done, runtime, state, progress, clock)
+            snapshot(run_dir / "checkpoints", done, runtime, state, progress, clock, bias)
     bar.close()
     journal.close()
     if evals and progress["evaluated_at"] < end:
@@ -212,15 +222,18 @@ def train(config: RunConfig, run_dir: Path, resume: bool, budget: Budget | None,
         last = verdict.recorded_eval(metrics.read(), end)
     if checkpoint.latest_step(run_dir / "checkpoints") != end:  # after the evaluation: it holds the count
         clock.tick()
-        snapshot(run_dir / "checkpoints", end, runtime, state, progress, clock)
+        snapshot(run_dir / "checkpoints", end, runtime, state, progress, clock, bias)
     return verdict.end_records(config, progress, metrics, run_dir, last, end)
 
 
-def step(opt, state, runtime: Runtime, batch: Batch, key: Key):
+def step(opt, state, runtime: Runtime, batch: Batch, key: Key, bias: LogitBias | None = None):
     """One optimizer step on `batch`: bind it, let the optimizer query its probes' losses
     (through the multiple-choice oracle where the batch is one) and update; (state, info).
+    With `bias`, the probes' runs also sum token_probs for its gradient (`bias.gradient`).
     The memory plan's calibration child steps through this too (edge_zo/memory/child.py)."""
     runtime.set_batch(batch.input_ids, batch.attention_mask, batch.labels, batch.loss_mask)
+    if bias is not None:
+        bias.begin(runtime)
     return opt.step(state, choice.oracle_for(runtime, batch), key)
 
 
@@ -307,88 +320,6 @@ def bind_pending(runtime: Runtime, state) -> dict | None:
     """The update not yet folded into W (X = W + A C), with its sketch bound; None if none
     (no state yet, or a method whose updates are all in W)."""
     return None if state is None else optimizer_for(state.config).pending(state, runtime)
-
-
-# ---- checkpoints, resume and replay ---------------------------------------------------
-
-def snapshot(folder: Path, step: int, runtime: Runtime, state, progress: dict, clock: Clock) -> None:
-    arrays = {f"W/{name}": w for name, w in runtime.export_weights(copy=False).items()}
-    arrays.update({f"opt/{k}": v for k, v in state.to_arrays().items()})
-    meta = {**progress, "step": step, "train_s": clock.train_s, "eval_s": clock.eval_s}
-    checkpoint.save(folder, step, arrays, meta)
-
-
-def load_snapshot(ckpt: checkpoint.Checkpoint, runtime: Runtime, config: RunConfig):
-    """Put a snapshot's weights into the runtime; return its optimizer state, under the
-    run's optimizer config (which differs from the saved one after a `--resume` override)."""
-    runtime.load_weights({k[2:]: v for k, v in ckpt.arrays.items() if k.startswith("W/")})
-    opt_config = config.optimizer_config(runtime.manifest.rank)
-    try:
-        state = optimizer_for(opt_config).state_cls.from_arrays(
-            {k[4:]: v for k, v in ckpt.arrays.items() if k.startswith("opt/")})
-    except ConfigError as err:
-        raise ConfigError(f"{ckpt.path}: {err}") from None
-    return state if state.config == opt_config else dataclasses.replace(state, config=opt_config)
-
-
-def resume_advice(run_dir: Path) -> str:
-    """How to go on after a divergence, true whether or not a checkpoint exists."""
-    ckpt = checkpoint.latest_step(run_dir / "checkpoints")
-    where = f"the last checkpoint (step {ckpt})" if ckpt is not None else "step 0 (no checkpoint yet)"
-    return (f"Continue from {where} with a smaller value: edge-zo finetune --resume {run_dir} "
-            "optimizer.eta=SMALLER (docs/finetune.md, resuming)")
-
-
-def restore(run_dir: Path, runtime: Runtime, config: RunConfig, state, progress: dict):
-    """(state, whether a checkpoint was found) from the newest intact checkpoint."""
-    ckpt = checkpoint.load_latest(run_dir / "checkpoints")
-    best = checkpoint.load_latest(run_dir / "best")
-    if ckpt is None:
-        return state, False  # killed before the first checkpoint: replay from the start
-    progress.update({k: ckpt.meta[k] for k in ("step", "forward_passes", "train_s", "eval_s")})
-    # The count as of the checkpoint: the evaluations after it are redone as it is replayed.
-    # A checkpoint from before the count: its evaluations done, the best best/'s, the count 0.
-    progress["since_best"] = ckpt.meta.get("since_best", 0)
-    progress["evaluated_at"] = ckpt.meta.get("evaluated_at", ckpt.step if ckpt.step else -1)
-    if "evaluated_at" in ckpt.meta:
-        progress["best"] = ckpt.meta["best"]
-    elif best is not None:
-        progress["best"] = best.meta["best"]
-    return load_snapshot(ckpt, runtime, config), True
-
-
-class ReplayOracle:
-    """The runtime, except that losses come from the journal instead of forward passes."""
-
-    def __init__(self, runtime: Runtime, losses: list[float]):
-        self._runtime, self._losses = runtime, list(losses)
-
-    def __getattr__(self, name: str):
-        # Everything that changes the weights (set_sketch, fold, add_noise, add) must run.
-        return getattr(self._runtime, name)
-
-    def losses(self, probes) -> np.ndarray:
-        if len(probes) > len(self._losses):
-            raise UserError("journal entry has fewer losses than the step asks for: "
-                            "the run's config or edge-zo version changed since it was written")
-        taken, self._losses = self._losses[:len(probes)], self._losses[len(probes):]
-        return np.asarray(taken, dtype=np.float32)
-
-
-def replay(journal, runtime: Runtime, opt, state, root: Key, progress: dict, settle=lambda state: False):
-    """The journaled steps after the restored one, with their recorded losses; `settle(state)`,
-    at each step reached (the first included), redoes the evaluation due there and says
-    whether patience stops the run at it (then the journal's later steps are dropped)."""
-    stopped = settle(state)
-    for record in journal.read(after_step=progress["step"] - 1):
-        if stopped or record["step"] != progress["step"]:
-            break  # a gap: nothing after it can be trusted
-        state, info = opt.step(state, ReplayOracle(runtime, record["losses"]), root.child("step", record["step"]))
-        progress["step"] += 1
-        progress["forward_passes"] += info.forward_passes
-        stopped = settle(state)
-    journal.truncate_after(progress["step"] - 1)
-    return state
 
 
 def rss_mib() -> float:

@@ -16,9 +16,11 @@ import math
 from pathlib import Path
 
 
-def summary(config, opt_config, runtime, train_rows: int, eval_rows: int, step: int, budget=None) -> dict:
-    """The "start" record of a run (or of a resumed stretch: `step` > 0)."""
-    matrices = runtime.manifest.matrices
+def summary(config, opt_config, runtime, train_rows: int, eval_rows: int, step: int, budget=None,
+            logit_bias: bool = False) -> dict:
+    """The "start" record of a run (or of a resumed stretch: `step` > 0); `logit_bias`: the
+    bundle's bias is trained by its exact gradient (edge_zo/logit_bias.py)."""
+    matrices = [m for m in runtime.manifest.matrices if not m.exact]
     dense = [m.name for m in matrices if m.dense]
     parameters = sum(math.prod(shape) for shape in runtime.shapes.values())
     return {
@@ -29,6 +31,7 @@ def summary(config, opt_config, runtime, train_rows: int, eval_rows: int, step: 
         "provider": runtime.startup["provider"], "threads": runtime.startup["intra_op_threads"],
         "train_examples": train_rows, "eval_examples": eval_rows, "batch_size": config.batch_size,
         "steps": config.steps, "seed": config.seed,
+        "logit_bias_lr": config.logit_bias_lr if logit_bias else None,
         "budget_mib": budget.mib if budget else None,
         "planned_peak_mib": budget.planned_peak_mib if budget else None,
     }
@@ -46,6 +49,8 @@ def lines(record: dict, opt_config) -> list[str]:
            f"{record['trained_parameters']:,} parameters of {record['bundle']}",
            f"run: data {record['train_examples']} training examples, {record['eval_examples']} eval; "
            f"provider {record['provider']}, {record['threads']} threads"]
+    if record.get("logit_bias_lr") is not None:
+        out.append(f"run: and the logit bias by its exact gradient (Adam, lr {record['logit_bias_lr']:g})")
     if record["budget_mib"] is not None:
         planned = record["planned_peak_mib"]
         plan = f"planned peak {planned:.0f} MiB" if planned is not None else "not planned (--no-plan)"

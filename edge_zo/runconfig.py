@@ -76,6 +76,9 @@ class RunConfig:
     probe_slots: int = opt(1, "probes evaluated per forward call (at most the bundle's)")
     linear_probe: str = opt("auto", "fit a linear head on the training set before the ZO steps (LP-then-ZO): "
                             "auto (when the bundle has one: export --head linear) | on | off")
+    logit_bias_lr: float = opt(1e-2, "causal-lm text: Adam's step size for the bundle's logit bias (export "
+                               "--logit-bias), moved each step by its exact gradient from the ZO probes' own "
+                               "forwards (0: the bias stays as it is)")
 
     def __post_init__(self):
         require(bool(self.bundle), "no bundle: pass --bundle DIR (a folder made by `edge-zo export`)")
@@ -84,6 +87,7 @@ class RunConfig:
             require(getattr(self, key) >= 1, f"{key}={getattr(self, key)} must be >= 1")
         for key in ("eval_every", "eval_examples", "checkpoint_every", "threads"):
             require(getattr(self, key) >= 0, f"{key}={getattr(self, key)} must be >= 0")
+        require(self.logit_bias_lr >= 0, f"logit_bias_lr={self.logit_bias_lr} must be >= 0 (0 keeps the bias fixed)")
         require(self.patience >= 0, f"patience={self.patience} must be >= 0 (0 turns early stopping off)")
         require(not self.patience or bool(self.eval_data), f"patience={self.patience} counts evaluations on the "
                 "eval data, but there is none: pass --eval-data FILE or drop patience")

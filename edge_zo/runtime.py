@@ -19,6 +19,8 @@ probes share one `run()`.
 A dense matrix (manifest `dense`, the linear head) has no A and D: the optimizers see it
 as a flat vector of m·n entries (`shapes`), perturbed by a low-rank probe's `.noise` (one
 probe per run) or a full-rank probe, and updated by `add_noise` / `add`.
+An exact matrix (manifest `exact`, the logit bias: edge_zo/logit_bias.py) is a bound W the
+optimizers never see; `collect_token_probs` sums its gradient's graph output over runs.
 Matrices are m x n, out x in (manifest `shape`); buffers keep the graph's stored layout.
 The controller's numpy must run single-threaded BLAS (OPENBLAS_NUM_THREADS=1, set by the
 `edge-zo` entry point before numpy loads): idle OpenBLAS threads steal ORT's cores
@@ -117,6 +119,7 @@ class Runtime:
         self._pending: noise.Perturbation | None = None  # a full-rank probe's, until W is needed
         self._bound_slots = None
         self._batch = None
+        self.token_probs: list | None = None  # [sum of the probes' token_probs, probes]
 
     @property
     def lowrank(self) -> bool:
@@ -215,9 +218,17 @@ class Runtime:
                     slots.host[j].fill(0.0)
             slots.push(self.fixed_slots or len(Ds))
 
+    def collect_token_probs(self, on: bool = True) -> None:
+        """From now on (until called with False) each run adds its probes' token_probs
+        output to `self.token_probs` ([sum, probes], restarted at zero here)."""
+        self.token_probs = [np.zeros(self.manifest.logit_bias.shape, np.float64), 0] if on else None
+
     def _run(self, p: int, outputs=("loss",), settle: bool = True) -> np.ndarray | list:
         if settle:  # W as the optimizer sees it, unless a full-rank probe runs
             self._settle()
+        probes = p
+        if self.token_probs is not None:
+            outputs = (*outputs, "token_probs")
         if self.lowrank:
             p = self.fixed_slots or p  # a graph with a fixed probe axis runs all slots
             if p != self._bound_slots:
@@ -231,6 +242,10 @@ class Runtime:
         self.session.run_with_iobinding(self.binding)
         self.run_seconds += time.perf_counter() - start
         values = dict(zip(dict.fromkeys(outputs), (v.numpy() for v in self.binding.get_outputs())))
+        if self.token_probs is not None:  # the probes' slots only (a fixed probe axis runs them all)
+            self.token_probs[0] += values["token_probs"][:probes].sum(0, dtype=np.float64)
+            self.token_probs[1] += probes
+            outputs = outputs[:-1]
         return values[outputs[0]] if len(outputs) == 1 else [values[name] for name in outputs]
 
     # ---- full-rank -----------------------------------------------------------------
@@ -241,8 +256,8 @@ class Runtime:
         return noise.Target(self.W[name], self.shapes[name], tuple(mat.shape), mat.layout)
 
     def _names(self, names) -> list[str]:
-        names = list(self.matrices) if names is None else list(names)
-        unknown = sorted(set(names) - set(self.matrices))
+        names = list(self.shapes) if names is None else list(names)
+        unknown = sorted(set(names) - set(self.shapes))
         if unknown:
             raise ValueError(f"unknown trained matrices {unknown}")
         return names

@@ -52,6 +52,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
              "methods only; docs/export.md)")
     add("--adapter-rank", type=int, default=None,
         help="R of a quantized bundle's adapter U [m, R] V [R, n] (default: 4 x --rank)")
+    add("--logit-bias", action=argparse.BooleanOptionalAction, default=None,
+        help="causal-lm: add a trained bias [V] to the next-token logits, which finetune moves by its exact "
+             "gradient each step from the same forward passes as the ZO probes (logit_bias_lr; docs/export.md). "
+             "Default: on for a causal-lm export with --weights fp32; --no-logit-bias leaves it out")
     add("--force", action="store_true", help="replace --out if it exists (once the new bundle is complete)")
     add("--no-check", dest="check", action="store_false",
         help="skip the onnxruntime-vs-PyTorch loss check at the end of the export")
@@ -71,9 +75,11 @@ def run(args: argparse.Namespace) -> int:
         model=args.model, task=args.task, out=args.out, targets=args.targets, rank=args.rank,
         probe_slots=args.probe_slots, dtype=args.dtype, max_seq_len=args.max_seq_len,
         opset=args.opset, label_words=args.label_words, head=args.head, graph=args.graph,
-        weights=args.weights, adapter_rank=args.adapter_rank, force=args.force, check=args.check)
+        weights=args.weights, adapter_rank=args.adapter_rank, logit_bias=args.logit_bias, force=args.force,
+        check=args.check)
     manifest = export_bundle(opts)
     print(f"wrote {args.out}: {manifest.task}, {manifest.graph} graph, "
           f"{len(manifest.matrices)} trained matrices, rank {manifest.rank}, opset {manifest.opset}"
-          + (f", {manifest.weights} base with a rank-{manifest.adapter_rank} adapter" if manifest.adapter_rank else ""))
+          + (f", {manifest.weights} base with a rank-{manifest.adapter_rank} adapter" if manifest.adapter_rank else "")
+          + (", a logit bias trained by its exact gradient" if manifest.logit_bias else ""))
     return 0

@@ -17,7 +17,10 @@ Five heads (docs/export.md, "Scores"):
   and e_c are the label words' LM-head rows, all scaled by one constant: before it is
   fitted it ranks the labels exactly as `label-words` does (same argmax, zero-shot).
 - `causal-lm`: mean NLL of the tokens where loss_mask is 1, each predicted from the
-  position before it; logits only at those positions (NonZero + Gather).
+  position before it; logits only at those positions (NonZero + Gather). With a logit
+  bias (`add_logit_bias`, export --logit-bias) the logits are z + b, and the graph also
+  outputs token_probs [P, V], the sum of softmax(z + b) over the scored tokens: with the
+  scored tokens' counts (known from the batch) it is the loss's exact gradient in b.
 The token batch is tiled P times (probe-major) so probe p runs with D[p] (lowrank.py).
 """
 
@@ -30,6 +33,7 @@ from edge_zo_export.lowrank import probe_slots
 
 HEADS = ("classifier", "label-words", "label-embedding", "linear", "causal-lm")
 LINEAR_HEAD = "linear_head"  # the dense head module the linear head adds to the encoder
+LOGIT_BIAS = "logit_bias"  # the [1, V] parameter add_logit_bias gives a causal LM
 # sentence-transformers' MultipleNegativesRankingLoss multiplies cosine similarities by 20
 # (its `scale` default) before cross-entropy, the objective all-MiniLM-L6-v2 was trained
 # with: cosines in [-1, 1] would otherwise make a nearly flat softmax over the labels.
@@ -58,7 +62,12 @@ class TrainingGraph(nn.Module):
 
     @property
     def outputs(self) -> list[str]:
-        return ["loss", "scores", "features"] if self.head == "linear" else ["loss", "scores"]
+        if self.head == "linear":
+            return ["loss", "scores", "features"]
+        return ["loss", "scores", "token_probs"] if self._logit_bias() is not None else ["loss", "scores"]
+
+    def _logit_bias(self):
+        return getattr(self.model, LOGIT_BIAS, None) if self.head == "causal-lm" else None
 
     def forward(self, input_ids, attention_mask, target):
         probes = probe_slots(self.model, self.trained_modules)
@@ -98,15 +107,34 @@ class TrainingGraph(nn.Module):
         scored = loss_mask[:, 1:].reshape(-1) > 0
         where = torch.nonzero(scored).squeeze(1)  # [K] flat (row, position) indices
         picked = hidden.reshape(probes, batch * (length - 1), -1).index_select(1, where)
-        logits = self.model.get_output_embeddings()(picked).float()  # [P, K, V]
+        bias = self._logit_bias()
+        logits = self._lm_logits(picked, bias).float()  # [P, K, V]
         targets = input_ids[:, 1:].reshape(-1).index_select(0, where)
-        logp = torch.log_softmax(logits, dim=-1)
-        nll = -logp.gather(2, targets[None, :, None].expand(probes, -1, 1)).squeeze(2)
+        index = targets[None, :, None].expand(probes, -1, 1)
+        if bias is None:
+            nll = -torch.log_softmax(logits, dim=-1).gather(2, index).squeeze(2)
+        else:  # one [P, K, V] tensor serves both: the NLL reads K entries of it, token_probs sums it
+            probs = torch.softmax(logits, dim=-1)
+            nll = -torch.log(probs.gather(2, index).squeeze(2).clamp_min(torch.finfo(torch.float32).tiny))
         rows = torch.div(where, length - 1, rounding_mode="floor")
         per_row = (rows[:, None] == torch.arange(batch)[None, :]).float()  # [K, B]
         scores = nll @ per_row  # [P, B]: per-row sum of NLL
         loss = nll.sum(1) / torch.clamp(scored.sum().float(), min=1.0)
-        return loss, scores
+        if bias is None:
+            return loss, scores
+        # d loss / d b = (sum_k softmax(z_k + b) - counts of the targets) / K; the counts are the
+        # batch's own, so the graph returns only the first sum (a [P, V] output, no [K, V] one-hot)
+        return loss, scores, probs.sum(1)
+
+    def _lm_logits(self, picked, bias):
+        """The LM head's logits of `picked` [P, K, H], + b when there is a logit bias: one
+        [P·K, V] Gemm with b as its bias input, so no second [P, K, V] tensor is formed."""
+        head = self.model.get_output_embeddings()
+        if bias is None:
+            return head(picked)
+        b = bias[0] if getattr(head, "bias", None) is None else bias[0] + head.bias
+        flat = torch.nn.functional.linear(picked.reshape(-1, picked.shape[-1]), head.weight, b)
+        return flat.reshape(picked.shape[0], picked.shape[1], -1)
 
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -164,6 +192,15 @@ def add_linear_head(encoder: nn.Module, embeddings: torch.Tensor) -> str:
         layer.weight[:, :hidden] = EMBEDDING_SCALE * embeddings
     encoder.add_module(LINEAR_HEAD, layer)
     return f"{LINEAR_HEAD}.weight"
+
+
+def add_logit_bias(model: nn.Module) -> str:
+    """Give a causal LM a zero logit bias b [1, V] (its LM head's dtype), added to the logits
+    of every scored position; returns its parameter name. Zero: the model scores as before."""
+    head = model.get_output_embeddings()
+    bias = torch.zeros(1, head.weight.shape[0], dtype=head.weight.dtype)
+    model.register_parameter(LOGIT_BIAS, nn.Parameter(bias, requires_grad=False))
+    return LOGIT_BIAS
 
 
 def unit(x: torch.Tensor) -> torch.Tensor:

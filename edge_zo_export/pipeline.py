@@ -47,6 +47,9 @@ class ExportOptions:
     graph: str = "lowrank"
     weights: str = "fp32"  # fp32 | int8 | int4: the low-rank matrices' base W (edge_zo_export/quantize.py)
     adapter_rank: int | None = None  # R of a quantized bundle's adapter; None: 4 x rank
+    # causal-lm: a [1, V] logit bias the loop trains by its exact gradient; None: on for a fp32
+    # causal-lm export (the measured winner, benchmarks/README.md section 6), off otherwise
+    logit_bias: bool | None = None
     force: bool = False
     check: bool = True
 
@@ -63,11 +66,12 @@ class Prepared:
     labels: vocab.Labels
     label_embeddings: torch.Tensor | None = None  # label-embedding, linear heads: [C, H] unit rows
     dense: list[str] = field(default_factory=list)  # trained with a W input only (linear head)
+    exact: list[str] = field(default_factory=list)  # W input only, trained by the loop (logit bias)
 
     @property
     def lowrank_modules(self) -> list[str]:
         """The layers that take A and D in a low-rank graph."""
-        return [name.rsplit(".", 1)[0] for name in self.targets if name not in self.dense]
+        return [name.rsplit(".", 1)[0] for name in self.targets if name not in self.dense + self.exact]
 
     def core(self, modules: list[str]) -> TrainingGraph:
         return TrainingGraph(self.model, self.head, modules, self.labels.token_ids,
@@ -110,6 +114,14 @@ def validate_options(opts: ExportOptions) -> None:
         quantize.validate(opts)
     if opts.opset not in IR_FOR_OPSET:
         raise UserError(f"--opset {opts.opset} is not supported; use 20, or 18 for onnxruntime <= 1.16")
+    if opts.logit_bias is None:
+        opts.logit_bias = opts.task == "causal-lm" and opts.weights == "fp32"
+    if opts.logit_bias and opts.task != "causal-lm":
+        raise UserError(f"--logit-bias adds a bias to a language model's next-token logits: it needs "
+                        f"--task causal-lm, not {opts.task}; drop --logit-bias")
+    if opts.logit_bias and opts.weights != "fp32":
+        raise UserError(f"--logit-bias with --weights {opts.weights} is not supported yet (the quantized "
+                        "export freezes the LM head it is added to); export with --weights fp32, or drop --logit-bias")
 
 
 def prepare(opts: ExportOptions) -> Prepared:
@@ -135,7 +147,8 @@ def prepare(opts: ExportOptions) -> Prepared:
     # Added after target selection: the head is always trained, and never low-rank (a C x H
     # matrix with C = 2 labels has no rank-r perturbation for any useful r).
     dense = [heads.add_linear_head(model, embeddings)] if head == "linear" else []
-    return Prepared(source, model, head, targets + dense, tokenizer_file, labels, embeddings, dense)
+    exact = [heads.add_logit_bias(model)] if opts.logit_bias else []
+    return Prepared(source, model, head, targets + dense + exact, tokenizer_file, labels, embeddings, dense, exact)
 
 
 def choose_head(source: models.Source, task: str, head: str) -> str:
@@ -237,8 +250,11 @@ def build_graph(prep: Prepared, opts: ExportOptions) -> tuple[TrainingGraph, lis
     lifted = []
     for name in prep.targets:
         roles = matrix_roles(prep, opts, name)
-        layer = prep.model.get_submodule(name.rsplit(".", 1)[0])
-        examples = {"W": layer.weight.detach()}
+        if name in prep.exact:  # a parameter of the model itself, not of a layer
+            examples = {"W": prep.model.get_parameter(name).detach()}
+        else:
+            layer = prep.model.get_submodule(name.rsplit(".", 1)[0])
+            examples = {"W": layer.weight.detach()}
         if "A" in roles:
             examples.update(A=layer.A, D=torch.zeros(3, *layer.D.shape[1:]))
         names, keys = graph_input_names(name, roles), functional_keys(name, roles)
@@ -248,8 +264,8 @@ def build_graph(prep: Prepared, opts: ExportOptions) -> tuple[TrainingGraph, lis
 
 
 def matrix_roles(prep: Prepared, opts: ExportOptions, name: str) -> tuple[str, ...]:
-    """Graph inputs of one trained matrix: W, A, D in a low-rank graph; W alone when dense."""
-    return LOWRANK_ROLES if opts.graph == "lowrank" and name not in prep.dense else FULLRANK_ROLES
+    """Graph inputs of one trained matrix: W, A, D in a low-rank graph; W alone when dense or exact."""
+    return LOWRANK_ROLES if opts.graph == "lowrank" and name not in prep.dense + prep.exact else FULLRANK_ROLES
 
 
 def _dims(opts: ExportOptions) -> dict:
@@ -262,12 +278,13 @@ def make_manifest(prep: Prepared, opts: ExportOptions, weights: dict, records: l
     lowrank = opts.graph == "lowrank"
     matrices = []
     for name, record in zip(prep.targets, records):
-        layer = prep.model.get_submodule(name.rsplit(".", 1)[0])
+        layer = prep.model.get_submodule(name.rsplit(".", 1)[0]) if name not in prep.exact else None
         matrices.append(TrainedMatrix(
-            name=name, shape=matrix_shape(layer), layout=layout_of(layer),
+            name=name, shape=matrix_shape(layer) if layer else tuple(weights[name].shape),
+            layout=layout_of(layer) if layer else "out_in",
             dtype=str(weights[name].dtype).removeprefix("torch."),
             inputs=graph_input_names(name, matrix_roles(prep, opts, name)), weight_data=record,
-            dense=name in prep.dense))
+            dense=name in prep.dense, exact=name in prep.exact))
     return Manifest(
         task=opts.task, graph=opts.graph, rank=opts.rank if lowrank else 0,
         probe_slots=opts.probe_slots if lowrank else 1, max_seq_len=opts.max_seq_len,

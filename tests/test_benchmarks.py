@@ -106,6 +106,15 @@ def test_quality(dirs, shared_data):
     assert any("| finetune |" in row for row in table) and any("| icl (k=2) |" in row for row in table)
 
 
+def test_quality_personalization_with_a_logit_bias(dirs, shared_data):
+    """The wiki cell on a bundle exported with --logit-bias: the bias, moved by its exact
+    gradient, lowers the tiny model's held-out NLL within the tiny budget."""
+    cell = run("quality.py", dirs, "--task", "wiki", "--seeds", "0", "--logit-bias")
+    assert cell["settings"] == ["--logit-bias"] and cell["metric"] == "loss"
+    assert "logit-bias" in cell["config"]["bundle"] and cell["config"]["logit_bias_lr"] > 0
+    assert cell["summary"]["last_loss"] < cell["summary"]["start_loss"] - 0.01, cell["summary"]
+
+
 @pytest.mark.parametrize("mode", ["zo-bitfit", "bp-all"])
 def test_ceiling(dirs, shared_data, mode):
     """The probe-room reference: a ZO and a backprop mode from the same fitted probe."""

@@ -21,7 +21,7 @@ onnx = pytest.importorskip("onnx")
 import onnxruntime as ort  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
 
-from edge_zo import checkpoint, deploy, loop, runconfig  # noqa: E402
+from edge_zo import checkpoint, deploy, loop, resume, runconfig  # noqa: E402
 from edge_zo.bundle import Manifest, read_manifest, write_manifest  # noqa: E402
 from edge_zo.cli import main  # noqa: E402
 from edge_zo.data import Example, make_batch  # noqa: E402
@@ -85,7 +85,7 @@ def training_graph_scores(job, batch, weights: str = "best") -> np.ndarray:
     config = runconfig.load(job / "run")
     runtime = Runtime(job / "bundle")
     ckpt = checkpoint.load_latest(job / "run" / ("best" if weights == "best" else "checkpoints"))
-    state = loop.load_snapshot(ckpt, runtime, config)
+    state = resume.load_snapshot(ckpt, runtime, config)
     C = loop.bind_pending(runtime, state)
     assert C is not None and any(np.abs(c).max() > 0 for c in C.values())  # a pending update
     runtime.set_batch(batch.input_ids, batch.attention_mask, batch.labels, batch.loss_mask)

@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edge_zo import checkpoint, loop, notices, runconfig
+    from edge_zo import checkpoint, loop, notices, resume, runconfig
     from edge_zo.bundle import read_manifest
     from edge_zo.data import load_tokenizer
     from edge_zo.runtime import Runtime
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         ckpt = checkpoint.load_latest(folder)
         if ckpt is None:
             raise UserError(f"{folder}: no complete checkpoint to score")
-        state = loop.load_snapshot(ckpt, runtime, config)
+        state = resume.load_snapshot(ckpt, runtime, config)
     record = loop.evaluate(runtime, state, examples, tokenizer, manifest, args.batch_size)
     print(json.dumps({"data": args.data, "examples": len(examples), "skipped_rows": sum(skipped), **record}))
     return 0

@@ -58,7 +58,7 @@ RESUME_PATHS = ("bundle", "data", "eval_data")
 # What `--resume RUN` may change (docs/finetune.md, resuming): the run goes on from its last
 # checkpoint under the new values (the journal's steps after it are redone), except for
 # patience, which changes no past step (the journal is replayed; edge_zo/loop.py).
-RESUME_KEYS = ("steps", "patience", "optimizer.eta", "optimizer.one_d_lr", "optimizer.eta_cov")
+RESUME_KEYS = ("steps", "patience", "optimizer.eta", "optimizer.one_d_lr", "optimizer.eta_cov", "logit_bias_lr")
 
 
 def run(args: argparse.Namespace) -> int:

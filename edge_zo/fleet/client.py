@@ -26,7 +26,8 @@ from edge_zo.data import load_tokenizer
 from edge_zo.errors import UserError
 from edge_zo.fleet import wire
 from edge_zo.fleet.oracles import ApplyOracle, Collected, ProbeOracle
-from edge_zo.loop import BatchSchedule, load_examples, replay, restore, snapshot, template_for
+from edge_zo.loop import BatchSchedule, load_examples, template_for
+from edge_zo.resume import replay, restore, snapshot
 from edge_zo.memory.guard import MemoryBudgetExceeded, MemoryGuard
 from edge_zo.metrics import Clock
 from edge_zo.optim import check_graph, optimizer_for

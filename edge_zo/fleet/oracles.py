@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from edge_zo.errors import UserError
-from edge_zo.loop import ReplayOracle
+from edge_zo.resume import ReplayOracle
 
 # Oracle calls that change the runtime (base.Oracle); everything else only reads it.
 MUTATING = ("set_sketch", "fold", "add_noise", "add")

@@ -85,8 +85,13 @@ def _job_passes(loop, rt, batch, spec: dict) -> tuple[float, str]:
     reset_peak()
     rss = _status()["VmRSS"]
     loop.evaluate_batches(rt, state, [batch])
+    # a text job on a bundle with a logit bias also fetches token_probs [P, V] from each run
+    text = rt.manifest.logit_bias is not None and batch.choice is None
     for t in range(2):
+        if text:
+            rt.collect_token_probs()
         state, _ = loop.step(opt, state, rt, batch, root.child("step", t))
+    rt.collect_token_probs(False)
     loop.evaluate_batches(rt, state, [batch])
     return rss, config.name
 

@@ -63,7 +63,8 @@ def optimizer_mib(manifest, opt_config) -> float:
     """Optimizer state (exact: `init` on the bundle's shapes) plus one step's r x n arrays
     per matrix: ZO-MOPI and ZO-Muon hold N directions B_i, C and G (a probe's D = C ± μB_i
     is made a matrix at a time as the runtime reads it), the others one D; what a step
-    allocates besides (the new state, the fold) is measured with the activations."""
+    allocates besides (the new state, the fold) is measured with the activations. A
+    logit bias (export --logit-bias) adds its Adam moments and one step's gradient, float64."""
     from edge_zo.optim import optimizer_for
     from edge_zo.optim.configs import SketchConfig
     from edge_zo.rng import Key
@@ -78,7 +79,8 @@ def optimizer_mib(manifest, opt_config) -> float:
     sketched = opt_config.N + 2 if isinstance(opt_config, SketchConfig) else 1  # LOZO, LOREN: one D
     sketches = sketched if manifest.graph == "lowrank" else 0
     probe_bytes = sketches * manifest.rank * sum(s[1] for s in shapes.values() if len(s) == 2) * 4
-    return (state_bytes + probe_bytes) / MiB
+    bias_bytes = 3 * manifest.logit_bias.shape[1] * 8 if manifest.logit_bias else 0  # m, v, dL/db
+    return (state_bytes + probe_bytes + bias_bytes) / MiB
 
 
 def data_mib(files) -> float:

@@ -44,7 +44,7 @@ def batch_for(manifest, shape, seed=1):
 def random_lowrank(manifest, probes=None, seed=0):
     rng = np.random.default_rng(seed)
     A, D = {}, {}
-    for mat in manifest.matrices:
+    for mat in (mat for mat in manifest.matrices if "A" in mat.inputs):  # not the logit bias
         m, n = mat.shape
         A[mat.name] = (rng.standard_normal((m, manifest.rank)) * 0.3).astype(np.float32)
         lead = () if probes is None else (probes,)

@@ -39,8 +39,9 @@ class Tiny:
         mat = next(m for m in self.manifest.matrices if m.name == name)
         return stored if mat.layout == "out_in" else stored.T
 
-    def reference(self, batch: dict, X: dict) -> tuple[float, np.ndarray]:
-        """(loss, scores) in float64 for effective weights X (name -> m x n)."""
+    def reference(self, batch: dict, X: dict, bias: np.ndarray | None = None) -> tuple[float, np.ndarray]:
+        """(loss, scores) in float64 for effective weights X (name -> m x n) and, for a
+        bundle with a logit bias, `bias` [1, V] (None: zero)."""
         names = [m.name for m in self.manifest.matrices]
         ids, mask = batch["input_ids"], batch["attention_mask"].astype(np.float64)
         x = self.embed.astype(np.float64)[ids]
@@ -50,7 +51,7 @@ class Tiny:
             h = x[:, :-1]
         h = np.tanh(h @ X[names[0]].T.astype(np.float64))
         h = h @ X[names[1]].T.astype(np.float64)
-        logits = h @ self.head.T.astype(np.float64)
+        logits = h @ self.head.T.astype(np.float64) + (0.0 if bias is None else bias.astype(np.float64)[0])
         logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
             - logits.max(-1, keepdims=True)
         if self.manifest.task == "classification":
@@ -113,8 +114,10 @@ class _Graph:
 
 def build(path: str | Path, task: str = "classification", graph: str = "lowrank", hidden: int = 12,
           ffn: int = 16, out_dim: int = 10, rank: int = 4, probe_slots: int = 4, max_seq_len: int = 16,
-          seed: int = 0, external: bool = False, static_slots: bool = False) -> Tiny:
-    """Write a tiny bundle folder at `path`; return it with its weights and reference."""
+          seed: int = 0, external: bool = False, static_slots: bool = False, logit_bias: bool = False) -> Tiny:
+    """Write a tiny bundle folder at `path`; return it with its weights and reference.
+    `logit_bias` (causal-lm): a zero logit bias [1, V] and the token_probs output, as
+    `export --logit-bias` writes them."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -127,6 +130,9 @@ def build(path: str | Path, task: str = "classification", graph: str = "lowrank"
         mat.inputs = {r: mat.name if r == "W" else f"{mat.name}::{r}" for r in roles}
     weights = {m.name: (rng.standard_normal(m.stored_shape) / np.sqrt(m.shape[1])).astype(np.float32)
                for m in mats}
+    if logit_bias:
+        mats.append(TrainedMatrix("logit_bias", (1, V), inputs={"W": "logit_bias"}, exact=True))
+        weights["logit_bias"] = np.zeros((1, V), np.float32)
     embed = rng.standard_normal((V, hidden)).astype(np.float32)
     label_ids = [vocab.index(w) for w in LABEL_WORDS]
     head = (rng.standard_normal((len(LABEL_WORDS) if task == "classification" else V, out_dim))
@@ -153,6 +159,8 @@ def build(path: str | Path, task: str = "classification", graph: str = "lowrank"
     h = g.op("Tanh", [g.linear(h, mats[0], rank, token_dims)], "h1")
     h = g.linear(h, mats[1], rank, token_dims)
     logits = g.op("MatMul", [h, g.op("Transpose", ["head"], "headT")], "logits")
+    if logit_bias:
+        logits = g.op("Add", [logits, g.input("logit_bias", TensorProto.FLOAT, [1, V])], "biased")
     logp = g.op("LogSoftmax", [logits], "logp", axis=-1)
     if task == "classification":
         onehot = g.op("OneHot", [labels, _scalar_const(g, "depth", len(LABEL_WORDS)), _onoff(g)], "onehot")
@@ -170,6 +178,9 @@ def build(path: str | Path, task: str = "classification", graph: str = "lowrank"
         total = g.op("ReduceSum", ["scores", "axis1"], "total", keepdims=0)
         g.op("Div", [total, g.op("ReduceSum", [scored], "count", keepdims=0)], "loss")
         score_shape = ["P", "B"]
+        if logit_bias:  # sum over the scored tokens of softmax(logits + b): [P, V]
+            weighted = g.op("Mul", [g.op("Exp", [logp], "probs"), g.op("Unsqueeze", [scored, "last"], "scored3")], "pw")
+            g.op("ReduceSum", [weighted, _const_axes(g)], "token_probs", keepdims=0)
     P = probe_slots if static_slots else "P"
     for inp in g.inputs:
         dims = inp.type.tensor_type.shape.dim
@@ -177,6 +188,8 @@ def build(path: str | Path, task: str = "classification", graph: str = "lowrank"
             dims[0].dim_value = probe_slots
     outputs = [helper.make_tensor_value_info("loss", TensorProto.FLOAT, [P]),
                helper.make_tensor_value_info("scores", TensorProto.FLOAT, [P] + score_shape[1:])]
+    if logit_bias:
+        outputs.append(helper.make_tensor_value_info("token_probs", TensorProto.FLOAT, [P, V]))
     model = helper.make_model(helper.make_graph(g.nodes, "tiny", g.inputs, outputs, g.inits),
                               opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 8
@@ -197,6 +210,11 @@ def build(path: str | Path, task: str = "classification", graph: str = "lowrank"
                         label_token_ids=label_ids if task == "classification" else [])
     write_manifest(path, manifest)
     return Tiny(path, manifest, weights, embed, head, vocab)
+
+
+def _const_axes(g: _Graph) -> str:
+    g.inits.append(_const("axes12", [1, 2]))
+    return "axes12"
 
 
 def _scalar_const(g: _Graph, name: str, value: int) -> str:
