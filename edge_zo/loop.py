@@ -186,7 +186,7 @@ def train(config: RunConfig, run_dir: Path, resume: bool, budget: Budget | None,
             raise
         # ---- one step: probes, update; the journal line makes it count ----------------
         try:
-            state, info = step(opt, state, runtime, batch, root.child("step", t), bias)
+            state, info = step(opt, state, runtime, batch, root.child("step", t), token_probs=bias is not None)
         except DivergedError as err:
             bar.close()
             journal.close()
@@ -226,14 +226,14 @@ def train(config: RunConfig, run_dir: Path, resume: bool, budget: Budget | None,
     return verdict.end_records(config, progress, metrics, run_dir, last, end)
 
 
-def step(opt, state, runtime: Runtime, batch: Batch, key: Key, bias: LogitBias | None = None):
+def step(opt, state, runtime: Runtime, batch: Batch, key: Key, token_probs: bool = False):
     """One optimizer step on `batch`: bind it, let the optimizer query its probes' losses
     (through the multiple-choice oracle where the batch is one) and update; (state, info).
-    With `bias`, the probes' runs also sum token_probs for its gradient (`bias.gradient`).
-    The memory plan's calibration child steps through this too (edge_zo/memory/child.py)."""
+    `token_probs`: the probes' runs also sum that output, for the logit bias's gradient
+    (LogitBias.gradient reads and stops it). The memory plan's calibration child steps
+    through this too (edge_zo/memory/child.py)."""
     runtime.set_batch(batch.input_ids, batch.attention_mask, batch.labels, batch.loss_mask)
-    if bias is not None:
-        bias.begin(runtime)
+    runtime.collect_token_probs(token_probs)
     return opt.step(state, choice.oracle_for(runtime, batch), key)
 
 

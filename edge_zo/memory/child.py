@@ -88,10 +88,8 @@ def _job_passes(loop, rt, batch, spec: dict) -> tuple[float, str]:
     # a text job on a bundle with a logit bias also fetches token_probs [P, V] from each run
     text = rt.manifest.logit_bias is not None and batch.choice is None
     for t in range(2):
-        if text:
-            rt.collect_token_probs()
-        state, _ = loop.step(opt, state, rt, batch, root.child("step", t))
-    rt.collect_token_probs(False)
+        state, _ = loop.step(opt, state, rt, batch, root.child("step", t), token_probs=text)
+    rt.collect_token_probs(False)  # as LogitBias.gradient leaves it
     loop.evaluate_batches(rt, state, [batch])
     return rss, config.name
 
