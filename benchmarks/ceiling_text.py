@@ -3,6 +3,8 @@
     python benchmarks/ceiling_text.py --lr 1e-5 --steps 333 --seeds 0     # AdamW, every weight
     python benchmarks/ceiling_text.py --train head --lr 3e-5 --steps 124 --evals 2 --seeds 0 1 2   # the LM head alone
     python benchmarks/ceiling_text.py --train bias --lr 1e-2 --steps 124 --evals 1 --seeds 0 1 2   # a logit bias alone
+    python benchmarks/ceiling_text.py --train head+bias --lr 3e-5 --bias-lr 1e-2 --steps 124 --seeds 0   # both
+    python benchmarks/ceiling_text.py --train bias --lr 1e-2 --eps 1e-4 --steps 500 --seeds 0   # Adam's eps 1e-4
     python benchmarks/ceiling_text.py --table                              # every run so far
     python benchmarks/ceiling_text.py --tiny                               # CI smoke run (tiny random Llama)
 
@@ -35,11 +37,13 @@ import quality_tasks  # noqa: E402
 def parse(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--max-len", type=int, default=512, help="tokens a row keeps (the bundle's max_seq_len)")
-    p.add_argument("--train", choices=("all", "head", "bias"), default="all",
+    p.add_argument("--train", choices=("all", "head", "bias", "head+bias"), default="all",
                    help="all: backprop on every weight (3 forward-equivalents a step); head: only an untied copy of "
                         "the LM head, by its exact gradient from the body's features; bias: only a new logit bias "
                         "[V] (head and bias: 1 forward a step, what a forward-only runtime can compute without "
-                        "backprop)")
+                        "backprop); head+bias: both, each at its own rate")
+    p.add_argument("--bias-lr", type=float, default=1e-2, help="--train head+bias: the bias's rate (--lr is the head's)")
+    p.add_argument("--eps", type=float, default=1e-8, help="AdamW's eps (edge-zo's bias: 5 / V = 1.0e-4 on SmolLM2)")
     common.add_reference_args(p, lr=1e-5, steps=333, batch=4, tiny="a 2-layer random Llama, 16 train rows, 4 steps")
     return common.parse_reference(p, argv)
 
@@ -56,19 +60,23 @@ def load_lm(tiny: bool):
     return tokenizer, AutoModelForCausalLM.from_pretrained(folder, dtype="float32")
 
 
-def trained_parameters(model, train: str) -> list:
-    """What --train updates. head: the body frozen, the LM head an untied trainable copy of
-    the (tied) weights; bias: the body and head frozen, a zero logit bias added to the head."""
+def trained_parameters(model, args) -> list[dict]:
+    """AdamW's parameter groups for --train. head: the body frozen, the LM head an untied
+    trainable copy of the (tied) weights; bias: the body and head frozen, a zero logit bias
+    added to the head; head+bias: both (the bias at --bias-lr)."""
     import torch
-    if train == "all":
-        return list(model.parameters())
+    if args.train == "all":
+        return [{"params": list(model.parameters()), "lr": args.lr}]
     for param in model.parameters():
         param.requires_grad_(False)
-    if train == "head":
+    groups = []
+    if "head" in args.train:
         model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
-        return [model.lm_head.weight]
-    model.lm_head.bias = torch.nn.Parameter(torch.zeros(model.lm_head.weight.shape[0]))
-    return [model.lm_head.bias]
+        groups.append({"params": [model.lm_head.weight], "lr": args.lr})
+    if "bias" in args.train:
+        model.lm_head.bias = torch.nn.Parameter(torch.zeros(model.lm_head.weight.shape[0]))
+        groups.append({"params": [model.lm_head.bias], "lr": args.bias_lr if args.train == "head+bias" else args.lr})
+    return groups
 
 
 def nll_sum(model, tokenizer, texts: list[str], max_len: int):
@@ -104,7 +112,7 @@ def run_seed(args, seed: int, save) -> dict:
     train, dev, test = ([row["text"] for row in rows] for rows in quality_tasks.split("wiki", seed))
     if args.tiny:
         train, dev, test = train[:16], dev[:8], test[:8]
-    optimizer = torch.optim.AdamW(trained_parameters(model, args.train), lr=args.lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(trained_parameters(model, args), lr=args.lr, eps=args.eps, weight_decay=0.0)
     per_step = 3 if args.train == "all" else 1  # forward-equivalents a step
     order, clock = np.random.default_rng(seed), common.Stopwatch()
     every = max(1, args.steps // args.evals)
@@ -133,14 +141,17 @@ def run_seed(args, seed: int, save) -> dict:
 
 def summary(args, seed: int, evals: list[dict]) -> dict:
     best = min(evals, key=lambda e: e["eval_loss"])
-    return {"mode": f"bp-{args.train}", "task": "wiki", "lr": args.lr, "steps": args.steps, "batch": args.batch, "seed": seed,
+    return {"mode": f"bp-{args.train}", "task": "wiki", "lr": args.lr,
+            **({"bias_lr": args.bias_lr} if args.train == "head+bias" else {}), "eps": args.eps, "steps": args.steps, "batch": args.batch, "seed": seed,
             "evals": evals, "complete": evals[-1]["step"] == args.steps, "start_loss": evals[0]["test_loss"],
             "best_dev_loss": best["test_loss"], "best_dev_step": best["step"],
             "change": best["test_loss"] / evals[0]["test_loss"] - 1}
 
 
 def cell(args, seed: int) -> Path:
-    name = f"{'tiny' if args.tiny else 'smollm2-135m'}-wiki-bp-{args.train}-lr{args.lr:g}-s{args.steps}-seed{seed}.json"
+    bias = f"-bias-lr{args.bias_lr:g}" if args.train == "head+bias" else ""
+    bias += "" if args.eps == 1e-8 else f"-eps{args.eps:g}"
+    name = f"{'tiny' if args.tiny else 'smollm2-135m'}-wiki-bp-{args.train}-lr{args.lr:g}{bias}-s{args.steps}-seed{seed}.json"
     return args.results / "ceiling" / name
 
 

@@ -162,15 +162,16 @@ def finetune_cell(args, task, bundle: Path, files: dict, seed: int) -> dict:
     manifest = read_manifest(bundle)
     probe = loop.wants_linear_probe(run_config(args, task, bundle, files, seed), manifest)
     n_train = sum(1 for _ in open(files["train"]))
-    config = run_config(args, task, bundle, files, seed, steps=1)
+    # the defaults that follow the bundle (a trained logit bias: N = 1) set the step's forwards
+    config = loop.pin_defaults(run_config(args, task, bundle, files, seed, steps=1), manifest)
     per_step = common.forwards_per_step(config.optimizer_config(manifest.rank))
     probe_forwards = math.ceil(n_train / args.batch) if probe else 0
     if args.budget < probe_forwards + per_step:
         raise SystemExit(f"--budget {args.budget} leaves no step after the linear probe's {probe_forwards} "
                          f"forwards (a step takes {per_step}); raise --budget or pass --set linear_probe=off")
     steps = (args.budget - probe_forwards) // per_step
-    config = run_config(args, task, bundle, files, seed, steps=steps, eval_every=max(1, steps // args.evals),
-                        checkpoint_every=steps)
+    config = loop.pin_defaults(run_config(args, task, bundle, files, seed, steps=steps,
+                                          eval_every=max(1, steps // args.evals), checkpoint_every=steps), manifest)
     run_dir = args.work / "quality-runs" / cell_path(args, seed).stem
     shutil.rmtree(run_dir, ignore_errors=True)
     zero_shot = score(bundle, config, files["test"], manifest, args.batch)

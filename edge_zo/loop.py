@@ -72,12 +72,14 @@ def train(config: RunConfig, run_dir: Path, resume: bool, budget: Budget | None,
     # ---- the pieces: bundle, data, runtime, optimizer ---------------------------------
     run_dir.mkdir(parents=True, exist_ok=True)
     manifest = read_manifest(config.bundle)
+    template = template_for(config, manifest)
+    if not resume:  # a resumed run reads them from its config.json
+        config = pin_defaults(config, manifest)
     opt_config = config.optimizer_config(manifest.rank)
     check_graph(opt_config, manifest.graph, config.bundle, manifest.weights)  # a wrong method ends here, before any step
     if resume:  # the checkpoints' weights were trained on this model?
         runconfig.record_fingerprint(run_dir, config)
     tokenizer = load_tokenizer(config.bundle, manifest)
-    template = template_for(config, manifest)
     skipped: list = []  # datasets with skipped rows: announced once the run's folder is set up
     said: set = set()  # integer labels: said once for both files
     train = load_examples(config, config.data, manifest, template, lambda d: skipped.append(("training", d)),
@@ -108,7 +110,6 @@ def train(config: RunConfig, run_dir: Path, resume: bool, budget: Budget | None,
         if restored and not changed and verdict.ended(config, progress, metrics.read(), bool(evals)):
             return verdict.said_finished(config, progress, metrics, run_dir)  # writes nothing
     else:
-        config = runconfig.pin_template(config, manifest)  # the default template, named in config.json
         runconfig.save(config, run_dir)
     metrics.mirror = events.Events(run_dir, metrics.read())
     clock = Clock(progress["train_s"], progress["eval_s"])
@@ -121,6 +122,8 @@ def train(config: RunConfig, run_dir: Path, resume: bool, budget: Budget | None,
         notices.announce(f"batch_size {config.batch_size} is more than the {len(train)} training examples: "
                          f"each step uses all {len(train)}", metrics, what="batch_size", step=0,
                          batch_size=config.batch_size, examples=len(train))
+    if not resume and (note := LogitBias.untrained_note(config, manifest, template)):
+        notices.announce(note, metrics, what="logit_bias", step=0)
     # ---- LP-then-ZO: a new head is fitted first, and kept by a step-0 checkpoint ------
     if not restored and wants_linear_probe(config, manifest):
         record = linear_probe.fit_head(runtime, train, tokenizer, manifest, config.batch_size, config.seed)
@@ -243,6 +246,14 @@ def wants_linear_probe(config: RunConfig, manifest) -> bool:
         raise UserError(f"linear_probe=on but {config.bundle} has no linear head: re-export it with "
                         "--head linear (an encoder) or pass linear_probe=off")
     return config.linear_probe != "off" and linear_probe.dense_head(manifest) is not None
+
+
+def pin_defaults(config: RunConfig, manifest) -> RunConfig:
+    """A new run's config with the defaults that follow its bundle named, so that config.json
+    records what the run used whatever later defaults become: the bundle's default template,
+    and optimizer.N=1 for a job that trains a logit bias (LogitBias.pin_one_direction)."""
+    return LogitBias.pin_one_direction(runconfig.pin_template(config, manifest), manifest,
+                                       template_for(config, manifest))
 
 
 # ---- data ------------------------------------------------------------------------------

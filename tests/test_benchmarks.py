@@ -112,6 +112,8 @@ def test_quality_personalization_with_a_logit_bias(dirs, shared_data):
     cell = run("quality.py", dirs, "--task", "wiki", "--seeds", "0", "--logit-bias")
     assert cell["settings"] == ["--logit-bias"] and cell["metric"] == "loss"
     assert "logit-bias" in cell["config"]["bundle"] and cell["config"]["logit_bias_lr"] > 0
+    # the job pins one probe direction a step (2 forwards), and the cell's steps fill its budget with them
+    assert cell["forwards_per_step"] == 2 and cell["config"]["optimizer"] == {"N": 1}
     assert cell["summary"]["last_loss"] < cell["summary"]["start_loss"] - 0.01, cell["summary"]
 
 
@@ -178,10 +180,13 @@ def test_ceiling_text(dirs, shared_data):
         assert listing.returncode == 0 and name in listing.stdout, listing.stderr[-2000:]
 
 
-@pytest.mark.parametrize("train", ["head", "bias"])
+@pytest.mark.parametrize("train", ["head", "bias", "head+bias"])
 def test_ceiling_text_trains_only_what_a_forward_pays_for(train):
-    """--train head / bias: one step moves the LM head (an untied copy) or a new logit bias
-    and nothing else: the body, and the input embedding the head was tied to, stay as they were."""
+    """--train head / bias / head+bias: one step moves the LM head (an untied copy) and/or a
+    new logit bias, each at its own rate, and nothing else: the body, and the input embedding
+    the head was tied to, stay as they were."""
+    import argparse
+
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
     sys.path.insert(0, str(REPO / "benchmarks"))
@@ -190,15 +195,21 @@ def test_ceiling_text_trains_only_what_a_forward_pays_for(train):
     model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                                          num_key_value_heads=2, intermediate_size=32, tie_word_embeddings=True))
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    trained = ceiling_text.trained_parameters(model, train)
-    optimizer = torch.optim.AdamW(trained, lr=1e-2, weight_decay=0.0)
+    groups = ceiling_text.trained_parameters(model, argparse.Namespace(train=train, lr=1e-3, bias_lr=1e-2))
+    optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
     ids = torch.randint(0, 64, (2, 8))
     model(input_ids=ids, labels=ids).loss.backward()
     optimizer.step()
-    assert len(trained) == 1 and trained[0].shape == ((64, 16) if train == "head" else (64,))
+    trained = [p for group in groups for p in group["params"]]
+    shapes = {"head": [(64, 16)], "bias": [(64,)], "head+bias": [(64, 16), (64,)]}[train]
+    assert [tuple(p.shape) for p in trained] == shapes
     tied = before["model.embed_tokens.weight"]  # the head's weights before (tied: listed once)
-    assert not torch.equal(trained[0], tied if train == "head" else torch.zeros(64))
+    for group, p in zip(groups, trained):
+        start = tied if p.dim() == 2 else torch.zeros(64)
+        # Adam's first step moves each value by its rate: the head's 1e-3, a bias's 1e-2 (or --lr alone)
+        rate = 1e-3 if p.dim() == 2 or train == "bias" else 1e-2
+        assert group["lr"] == rate and torch.allclose((p - start).abs().max(), torch.tensor(rate), rtol=1e-3)
     for name, p in model.named_parameters():
-        if p is not trained[0]:
+        if all(p is not q for q in trained):
             assert torch.equal(p, before[name]), name
     assert torch.equal(model.model.embed_tokens.weight, tied)
