@@ -15,8 +15,8 @@ journal line, so a resumed run replays the bias's steps without forwards, bit fo
 A job that trains the bias takes one probe direction a step (`pin_one_direction`): each step
 is one Adam step of b, so 2 forwards a step give it 4x the steps of the default N = 4.
 Measured on SmolLM2-135M personalization (benchmarks/README.md, section 6): the default job
-lowers held-out NLL by 1.84% in 1000 forwards (seed 0; stop 27's N = 4 with eps 1e-8: 1.24% ±
-0.03%, 3 seeds), where ZO alone gets 0.23%.
+lowers held-out NLL by 1.88% ± 0.02% in 1000 forwards (3 seeds; stop 27's N = 4 with eps 1e-8:
+1.24% ± 0.03%), where ZO alone gets 0.23%.
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ class LogitBias:
             return None
         if manifest.logit_bias is None and template is None:
             return ("this bundle has no logit bias, so logit_bias_lr is unused (export with --logit-bias, "
-                    "causal-lm's default: it lowered held-out NLL 1.8% where ZO alone gave 0.2%)")
+                    "causal-lm's default: it lowered held-out NLL 1.9% where ZO alone gave 0.2%)")
         if manifest.logit_bias is not None and template is not None:
             return ("a multiple-choice job leaves the logit bias as exported (its gradient is the text loss's); "
                     "logit_bias_lr is unused")
