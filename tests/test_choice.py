@@ -231,3 +231,19 @@ def test_the_memory_plan_sizes_a_copa_step_by_its_candidate_rows(job, monkeypatc
             plan.plan_run(config, None)
         measured = seen.pop()
         assert (measured.shape.batch, measured.choices) == (rows, choices)
+
+
+def test_a_copa_job_on_a_bundle_with_a_logit_bias_leaves_it_and_says_so(job, tmp_path):
+    """The bias's gradient is the text loss's, not the candidate loss's: a multiple-choice job
+    neither trains it nor takes the bias job's one probe direction a step, and says it once."""
+    build(tmp_path / "lm", task="causal-lm", logit_bias=True, max_seq_len=16)
+    run = tmp_path / "run"
+    result = finetune("--bundle", tmp_path / "lm", "--data", job / "train.jsonl", "--template", "copa",
+                      "--steps", 2, "--batch-size", 4, "--out", run)
+    assert result.returncode == 0, result.stderr
+    said = [line for line in result.stderr.splitlines() if "logit_bias_lr is unused" in line]
+    assert len(said) == 1 and "multiple-choice job" in said[0], result.stderr
+    assert "and the logit bias by its exact gradient" not in result.stderr
+    arrays = load_latest(run / "checkpoints").arrays
+    assert not np.any(arrays["W/logit_bias"]) and "bias/m" not in arrays
+    assert json.loads((run / "config.json").read_text())["optimizer_resolved"]["N"] == 4
