@@ -6,8 +6,9 @@ optimizer). It owns the bound buffers:
      e.g. constant folding, then lands before them) and bound once (CPU: the numpy array itself,
      wrapped zero-copy by OrtValue.ortvalue_from_numpy; CUDA: a device tensor, no host
      copy). W changes only at `fold`, `add_noise`, `add` and (undone exactly) full-rank
-     probes; a full-rank probe's perturbation is undone when W is next needed (`_settle`),
-     in one sweep with the next probe or update of the same z when that comes next.
+     probes; a full-rank probe's perturbation is undone when W is next needed (`_settle`,
+     edge_zo/perturbed.py), in one sweep with the next probe or update of the same z when
+     that comes next.
   A  per sketch window (`set_sketch`), D per probe: the only bytes written per query.
   U, V  a quantized bundle's adapter (manifest `weights` int8/int4): its low-rank matrices'
      W is frozen in the graph, and `fold` absorbs A C into U V at rank R (adapter.absorb);
@@ -29,7 +30,6 @@ The controller's numpy must run single-threaded BLAS (OPENBLAS_NUM_THREADS=1, se
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from pathlib import Path
@@ -37,10 +37,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from edge_zo import fold, loading, noise, rng
+from edge_zo import fold, loading, noise
 from edge_zo import runtime_inputs as checks
 from edge_zo.bundle import BundleError, read_manifest
 from edge_zo.errors import UserError
+from edge_zo.perturbed import PerturbedWeights
 from edge_zo.probes import LowRankProbe, NoiseProbe
 from edge_zo.providers import Buffer, SlotBuffer, open_session, place
 
@@ -116,7 +117,7 @@ class Runtime:
                     self.binding.bind_ortvalue_input(mat.inputs[role], buf.value)
         self.folder = fold.Folder(self.placement, self.manifest.matrices[0].dtype, threads=self.threads)
         self.sketch_id = None
-        self._pending: noise.Perturbation | None = None  # a full-rank probe's, until W is needed
+        self.perturbed = PerturbedWeights(self.W, self.shapes, self.matrices)  # a full-rank probe's W
         self._bound_slots = None
         self._batch = None
         self.token_probs: list | None = None  # [sum of the probes' token_probs, probes]
@@ -248,27 +249,14 @@ class Runtime:
             outputs = outputs[:-1]
         return values[outputs[0]] if len(outputs) == 1 else [values[name] for name in outputs]
 
-    # ---- full-rank -----------------------------------------------------------------
-    def _target(self, name: str) -> noise.Target:
-        """Tensor `name` for edge_zo.noise: bound W, z's shape (`shapes`), the stored layout.
-        z itself is regenerated from rng.noise_stream(key, name), never stored."""
-        mat = self.matrices[name]
-        return noise.Target(self.W[name], self.shapes[name], tuple(mat.shape), mat.layout)
-
-    def _names(self, names) -> list[str]:
-        names = list(self.shapes) if names is None else list(names)
-        unknown = sorted(set(names) - set(self.shapes))
-        if unknown:
-            raise ValueError(f"unknown trained matrices {unknown}")
-        return names
-
+    # ---- full-rank (edge_zo/perturbed.py keeps what W holds) -----------------------
     def _fullrank_run(self, probe, output: str) -> np.ndarray:
         """Perturb W in place and run; returns `output` with its probe axis of 1.
 
         `probe` is a full-rank probe, or a low-rank one with `.noise` (its D goes in slot 0).
-        W stays perturbed (`_pending`) until it is next needed: a next probe of the same z
-        (MeZO's -mu after +mu) undoes and perturbs in one sweep, an `add_noise` of the same z
-        (the update) undoes and adds in one; anything else restores W bit for bit first.
+        W stays perturbed (`PerturbedWeights.pending`) until it is next needed: a next probe
+        of the same z (MeZO's -mu after +mu) undoes and perturbs in one sweep, an `add_noise`
+        of the same z (the update) undoes and adds in one; anything else restores W first.
         """
         low = probe if isinstance(probe, LowRankProbe) else None
         if self.lowrank:  # D = 0 for a full-rank probe: full-rank methods keep C = 0
@@ -276,63 +264,31 @@ class Runtime:
         probe = low.noise if low else probe
         if not isinstance(probe, NoiseProbe):
             raise TypeError(f"a probe that moves W is a NoiseProbe (or a LowRankProbe with one), not {probe!r}")
-        names = self._names(probe.names)
+        names = self.perturbed.names(probe.names)
         offsets = probe.offset or {}
         if set(offsets) - set(names):
             raise ValueError(f"offsets for {sorted(set(offsets) - set(names))}, which the probe does not perturb")
         # LOREN's anisotropic shift: a last-dimension vector added to every row of z
         shifts = [None if offsets.get(n) is None else checks.shaped(f"offset[{n}]", offsets[n], self.shapes[n][-1:])
                   for n in names]
-        self._perturb(noise.Perturbation(probe.key, names, shifts, probe.scale))
+        self.perturbed.perturb(noise.Perturbation(probe.key, names, shifts, probe.scale))
         try:
             return self._run(1, outputs=("loss", output), settle=False)[-1][:1]
         except BaseException:
             self._settle()
             raise
 
-    def _perturb(self, new: "noise.Perturbation") -> None:
-        """W <- W + new, in place, all tensors' blocks on all cores (edge_zo/noise.py): from
-        W, or from the pending perturbation of the same z in the same sweep. If it fails, W
-        is left unperturbed."""
-        old = self._take_pending(new.key, new.names, new.offsets)
-        op = noise.Sweep(undo=None if old is None else old.scale, perturb=new.scale)
-        records = noise.sweep(*self._noise_args(new.key, new.names), new.offsets, op, old and old.records)
-        self._pending = dataclasses.replace(new, records=records)
-
-    def _take_pending(self, key, names: list, offsets: list) -> "noise.Perturbation | None":
-        """The pending perturbation if it is of this z (the caller's sweep undoes it); else
-        None, W restored from any other first."""
-        old, self._pending = self._pending, None
-        if old is not None and old.same_z(key, names, offsets):
-            return old
-        if old is not None:
-            noise.restore(*self._noise_args(old.key, old.names), old.scale, old.offsets, old.records)
-        return None
-
     def _settle(self) -> None:
         """Restore W bit for bit if a probe left it perturbed."""
-        self._take_pending(None, [], [])
-
-    def _noise_args(self, key, names) -> tuple[list, list]:
-        """edge_zo.noise's targets and z streams for tensors `names` under `key`."""
-        return [self._target(n) for n in names], [rng.noise_stream(key, n) for n in names]
+        self.perturbed.settle()
 
     def add_noise(self, key, alpha: float, names=None) -> None:
-        """W <- W + alpha z(key, name): the MeZO update (g folded into alpha by the caller);
-        when the last probe's z is this one, its undo and the update are one sweep."""
-        names = self._names(names)
-        plain = [None] * len(names)  # the update adds z itself, not a shifted probe's
-        old = self._take_pending(key, names, plain)
-        op = noise.Sweep(undo=None if old is None else old.scale, add=alpha)
-        noise.sweep(*self._noise_args(key, names), plain, op, old and old.records)
+        """W <- W + alpha z(key, name): the MeZO update (PerturbedWeights.add_noise)."""
+        self.perturbed.add_noise(key, alpha, names)
 
     def add(self, delta: dict[str, np.ndarray]) -> None:
-        """W <- W + delta (`shapes[name]`, or a last-dimension vector added to every row): LOREN's update."""
-        self._settle()
-        for name in self._names(delta):
-            shape = self.shapes[name]
-            d = np.asarray(delta[name], dtype=np.float32)
-            noise.add(self._target(name), checks.shaped(f"delta[{name}]", d, shape[-1:] if d.ndim == 1 else shape))
+        """W <- W + delta: LOREN's update (PerturbedWeights.add)."""
+        self.perturbed.add(delta)
 
     # ---- weights -------------------------------------------------------------------
     def fold(self, C: dict[str, np.ndarray]) -> None:
