@@ -5,6 +5,7 @@
     python benchmarks/ceiling_text.py --train bias --lr 1e-2 --steps 124 --evals 1 --seeds 0 1 2   # a logit bias alone
     python benchmarks/ceiling_text.py --train head+bias --lr 3e-5 --bias-lr 1e-2 --steps 124 --seeds 0   # both
     python benchmarks/ceiling_text.py --train bias --lr 1e-2 --eps 1e-4 --steps 500 --seeds 0   # Adam's eps 1e-4
+    python benchmarks/ceiling_text.py --train lora-head+bias --lr 1e-3 --eps 1e-4 --steps 124 --seeds 0   # rank-8 head delta
     python benchmarks/ceiling_text.py --table                              # every run so far
     python benchmarks/ceiling_text.py --tiny                               # CI smoke run (tiny random Llama)
 
@@ -20,6 +21,9 @@ edge_zo.data scores text rows), exact gradients on every weight. A backprop step
 gradient of the last linear map (the LM head, or a logit bias added to it) is a closed form
 of the forward's own features, softmax(logits) - onehot(target) times h, with no backprop
 through the body. So a step of them costs one forward (the body's weights do not require grad).
+`--train lora-head+bias` asks whether a rank-r delta U Vᵀ on the head (U [V, r] zero at the
+start, V [H, r] drawn) holds the full head's gain: its gradients, (P - Y)ᵀ (h V) and hᵀ (P - Y) U,
+are as cheap, and its state is r (V + H) values where the head's is V H.
 """
 
 from __future__ import annotations
@@ -37,12 +41,14 @@ import quality_tasks  # noqa: E402
 def parse(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--max-len", type=int, default=512, help="tokens a row keeps (the bundle's max_seq_len)")
-    p.add_argument("--train", choices=("all", "head", "bias", "head+bias"), default="all",
+    p.add_argument("--train", choices=("all", "head", "bias", "head+bias", "lora-head+bias"), default="all",
                    help="all: backprop on every weight (3 forward-equivalents a step); head: only an untied copy of "
                         "the LM head, by its exact gradient from the body's features; bias: only a new logit bias "
                         "[V] (head and bias: 1 forward a step, what a forward-only runtime can compute without "
-                        "backprop); head+bias: both, each at its own rate")
+                        "backprop); head+bias: both, each at its own rate; lora-head+bias: a rank --head-rank delta on the "
+                        "head instead of the head itself")
     p.add_argument("--bias-lr", type=float, default=1e-2, help="--train head+bias: the bias's rate (--lr is the head's)")
+    p.add_argument("--head-rank", type=int, default=8, help="--train lora-head+bias: r of the head's delta U Vᵀ")
     p.add_argument("--eps", type=float, default=1e-8, help="AdamW's eps (edge-zo's bias: 5 / V = 1.0e-4 on SmolLM2)")
     common.add_reference_args(p, lr=1e-5, steps=333, batch=4, tiny="a 2-layer random Llama, 16 train rows, 4 steps")
     return common.parse_reference(p, argv)
@@ -70,13 +76,35 @@ def trained_parameters(model, args) -> list[dict]:
     for param in model.parameters():
         param.requires_grad_(False)
     groups = []
-    if "head" in args.train:
+    if args.train.startswith("lora"):
+        model.lm_head = low_rank_head(model.lm_head.weight.detach(), args.head_rank)
+        groups.append({"params": [model.lm_head.U, model.lm_head.V], "lr": args.lr})
+    elif "head" in args.train:
         model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
         groups.append({"params": [model.lm_head.weight], "lr": args.lr})
     if "bias" in args.train:
         model.lm_head.bias = torch.nn.Parameter(torch.zeros(model.lm_head.weight.shape[0]))
-        groups.append({"params": [model.lm_head.bias], "lr": args.bias_lr if args.train == "head+bias" else args.lr})
+        groups.append({"params": [model.lm_head.bias], "lr": args.lr if args.train == "bias" else args.bias_lr})
     return groups
+
+
+def low_rank_head(weight, rank: int):
+    """The LM head z = h Wᵀ + (h V) Uᵀ + b with W frozen: U [V, r] starts at zero (so z does
+    too), V [H, r] ~ N(0, 1/H) (LoRA's start); b is added by trained_parameters."""
+    import torch
+
+    class Head(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight, self.bias = weight, None
+            self.U = torch.nn.Parameter(torch.zeros(weight.shape[0], rank))
+            self.V = torch.nn.Parameter(torch.randn(weight.shape[1], rank) / weight.shape[1] ** 0.5)
+
+        def forward(self, h):
+            z = h @ self.weight.T + (h @ self.V) @ self.U.T
+            return z if self.bias is None else z + self.bias
+
+    return Head()
 
 
 def nll_sum(model, tokenizer, texts: list[str], max_len: int):
@@ -142,14 +170,16 @@ def run_seed(args, seed: int, save) -> dict:
 def summary(args, seed: int, evals: list[dict]) -> dict:
     best = min(evals, key=lambda e: e["eval_loss"])
     return {"mode": f"bp-{args.train}", "task": "wiki", "lr": args.lr,
-            **({"bias_lr": args.bias_lr} if args.train == "head+bias" else {}), "eps": args.eps, "steps": args.steps, "batch": args.batch, "seed": seed,
+            **({"bias_lr": args.bias_lr} if "head+bias" in args.train else {}),
+            **({"head_rank": args.head_rank} if args.train.startswith("lora") else {}), "eps": args.eps, "steps": args.steps, "batch": args.batch, "seed": seed,
             "evals": evals, "complete": evals[-1]["step"] == args.steps, "start_loss": evals[0]["test_loss"],
             "best_dev_loss": best["test_loss"], "best_dev_step": best["step"],
             "change": best["test_loss"] / evals[0]["test_loss"] - 1}
 
 
 def cell(args, seed: int) -> Path:
-    bias = f"-bias-lr{args.bias_lr:g}" if args.train == "head+bias" else ""
+    bias = f"-r{args.head_rank}" if args.train.startswith("lora") else ""
+    bias += f"-bias-lr{args.bias_lr:g}" if "head+bias" in args.train else ""
     bias += "" if args.eps == 1e-8 else f"-eps{args.eps:g}"
     name = f"{'tiny' if args.tiny else 'smollm2-135m'}-wiki-bp-{args.train}-lr{args.lr:g}{bias}-s{args.steps}-seed{seed}.json"
     return args.results / "ceiling" / name
