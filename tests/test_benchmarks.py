@@ -213,3 +213,38 @@ def test_ceiling_text_trains_only_what_a_forward_pays_for(train):
         if all(p is not q for q in trained):
             assert torch.equal(p, before[name]), name
     assert torch.equal(model.model.embed_tokens.weight, tied)
+
+
+def test_ceiling_text_low_rank_head_starts_at_the_model_and_trains_only_its_delta():
+    """--train lora-head+bias: the head z = h Wᵀ + (h V) Uᵀ + b scores as the tied head did
+    until a step; one step moves U by its rate (its gradient is (P - Y)ᵀ h V, nonzero) and b by
+    the bias's, leaves V (its gradient has U = 0 in it) and every model weight as they were."""
+    import argparse
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import ceiling_text
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                         num_key_value_heads=2, intermediate_size=32, tie_word_embeddings=True))
+    ids = torch.randint(0, 64, (2, 8))
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    groups = ceiling_text.trained_parameters(
+        model, argparse.Namespace(train="lora-head+bias", lr=1e-3, bias_lr=1e-2, head_rank=4))
+    head = model.lm_head
+    assert [tuple(p.shape) for group in groups for p in group["params"]] == [(64, 4), (16, 4), (64,)]
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, logits)
+    V = head.V.detach().clone()
+    optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
+    model(input_ids=ids, labels=ids).loss.backward()
+    optimizer.step()
+    assert torch.allclose(head.U.abs().max(), torch.tensor(1e-3), rtol=1e-3)
+    assert torch.equal(head.V, V)
+    assert torch.allclose(head.bias.abs().max(), torch.tensor(1e-2), rtol=1e-3)
+    for name, p in model.named_parameters():
+        if name in before:
+            assert torch.equal(p, before[name]), name
