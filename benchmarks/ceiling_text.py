@@ -5,7 +5,7 @@
     python benchmarks/ceiling_text.py --train bias --lr 1e-2 --steps 124 --evals 1 --seeds 0 1 2   # a logit bias alone
     python benchmarks/ceiling_text.py --train head+bias --lr 3e-5 --bias-lr 1e-2 --steps 124 --seeds 0   # both
     python benchmarks/ceiling_text.py --train bias --lr 1e-2 --eps 1e-4 --steps 500 --seeds 0   # Adam's eps 1e-4
-    python benchmarks/ceiling_text.py --train lora-head+bias --lr 1e-3 --eps 1e-4 --steps 124 --seeds 0   # rank-8 head delta
+    python benchmarks/ceiling_text.py --train lora-head+bias --lr 3e-4 --eps 1e-4 --steps 124 --evals 2 --seeds 0   # rank-8 delta
     python benchmarks/ceiling_text.py --table                              # every run so far
     python benchmarks/ceiling_text.py --tiny                               # CI smoke run (tiny random Llama)
 
@@ -171,17 +171,18 @@ def summary(args, seed: int, evals: list[dict]) -> dict:
     best = min(evals, key=lambda e: e["eval_loss"])
     return {"mode": f"bp-{args.train}", "task": "wiki", "lr": args.lr,
             **({"bias_lr": args.bias_lr} if "head+bias" in args.train else {}),
-            **({"head_rank": args.head_rank} if args.train.startswith("lora") else {}), "eps": args.eps, "steps": args.steps, "batch": args.batch, "seed": seed,
+            **({"head_rank": args.head_rank} if args.train.startswith("lora") else {}),
+            "eps": args.eps, "steps": args.steps, "batch": args.batch, "seed": seed,
             "evals": evals, "complete": evals[-1]["step"] == args.steps, "start_loss": evals[0]["test_loss"],
             "best_dev_loss": best["test_loss"], "best_dev_step": best["step"],
             "change": best["test_loss"] / evals[0]["test_loss"] - 1}
 
 
 def cell(args, seed: int) -> Path:
-    bias = f"-r{args.head_rank}" if args.train.startswith("lora") else ""
-    bias += f"-bias-lr{args.bias_lr:g}" if "head+bias" in args.train else ""
-    bias += "" if args.eps == 1e-8 else f"-eps{args.eps:g}"
-    name = f"{'tiny' if args.tiny else 'smollm2-135m'}-wiki-bp-{args.train}-lr{args.lr:g}{bias}-s{args.steps}-seed{seed}.json"
+    settings = f"-r{args.head_rank}" if args.train.startswith("lora") else ""
+    settings += f"-bias-lr{args.bias_lr:g}" if "head+bias" in args.train else ""
+    settings += "" if args.eps == 1e-8 else f"-eps{args.eps:g}"
+    name = f"{'tiny' if args.tiny else 'smollm2-135m'}-wiki-bp-{args.train}-lr{args.lr:g}{settings}-s{args.steps}-seed{seed}.json"
     return args.results / "ceiling" / name
 
 
