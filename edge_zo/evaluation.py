@@ -3,7 +3,9 @@
 finetune (step 0 and every dev evaluation), `edge-zo eval` and `deploy --only-if-better` all
 score through `score`; only the function that turns a batch into the graph's `scores`
 differs (the training runtime, or a deployed model's session). Per task kind:
-  classification   eval_acc  = share of rows whose highest label score is the label
+  classification   eval_acc  = share of rows whose highest label score is the label, and
+                               eval_ce, the cross-entropy of the label scores the graph's loss
+                               is (smooth where accuracy on a small held-out set moves by rows)
   multiple choice  eval_acc  = share of examples whose right candidate has the highest mean
                                token log-likelihood (edge_zo/choice.py), and eval_ce, the
                                candidate cross-entropy the optimizer minimizes
@@ -40,13 +42,23 @@ def score(batches: Iterable[Batch], scores_of: Callable[[Batch], np.ndarray], ta
             ce += float(choice.candidate_ce(loglik, batch.choice)[0]) * examples
         elif task == "classification":
             right, rows = right + int(np.sum(np.argmax(scores, axis=1) == batch.labels)), rows + len(scores)
+            ce += float(np.sum(label_ce(scores, batch.labels)))
         else:
             nll, tokens, text = nll + float(np.sum(scores)), tokens + float(batch.loss_mask.sum()), True
     if text:
         return {"eval_loss": nll / max(tokens, 1.0)}
     if not rows:
         return {}
-    return {"eval_acc": right / rows, **({"eval_ce": ce / rows} if task == "causal-lm" else {})}
+    return {"eval_acc": right / rows, "eval_ce": ce / rows}
+
+
+def label_ce(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """[rows, C] label scores -> each row's cross-entropy, logsumexp(scores) - scores[label]
+    (float64: the classification graph's loss, candidate_cross_entropy, per row)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    top = scores.max(axis=1, keepdims=True)
+    logsumexp = top[:, 0] + np.log(np.exp(scores - top).sum(axis=1))
+    return logsumexp - scores[np.arange(len(scores)), labels]
 
 
 def evaluate(runtime, C, examples: list, tokenizer, manifest, batch_size: int) -> dict:

@@ -8,7 +8,7 @@ resume) the events are rewritten from it: the old files are removed and one new 
 every kept record, so TensorBoard never shows a step twice.
 
 Scalars, at the record's step: `train/loss`, `train/lr`, `train/rss_mib`; `eval/acc`,
-`eval/loss` (every eval_* value); `linear_probe/...` (its accuracies and l2).
+`eval/ce`, `eval/loss` (every eval_* value); `linear_probe/...` (its accuracies and l2).
 """
 
 from __future__ import annotations

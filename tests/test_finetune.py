@@ -63,6 +63,7 @@ def test_zo_mopi_learns_the_tiny_task(job, tmp_path):
     assert [e["step"] for e in evals] == [0, 50, 100, 150]
     # A random tiny model starts near chance; 150 steps must lift dev accuracy clearly.
     assert evals[-1]["eval_acc"] >= evals[0]["eval_acc"] + 0.15
+    assert evals[-1]["eval_ce"] < evals[0]["eval_ce"]  # the held-out loss the graph trains on, too
     assert json.loads(result.stdout)["eval_acc"] == evals[-1]["eval_acc"]
     assert (tmp_path / "run" / "metrics.png").stat().st_size > 10_000
     assert load_latest(tmp_path / "run" / "best") is not None

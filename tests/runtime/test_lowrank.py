@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_zo import fold
+from edge_zo import evaluation, fold
+from edge_zo.data import Batch
 from edge_zo.runtime import Runtime
 
 from . import fixtures
@@ -127,6 +128,20 @@ def test_scores_export_and_load_weights(tiny_cls, tmp_path):
     assert not np.allclose(rt.scores(), base_scores)
     rt.load_weights(saved)
     np.testing.assert_array_equal(rt.scores(), base_scores)
+
+
+def test_classification_evaluation_reports_the_graphs_own_loss_as_eval_ce(tiny_cls):
+    """eval_ce is the row-weighted mean over batches of the loss the graph trains on."""
+    rt = Runtime(tiny_cls.path)
+    parts = [tiny_cls.batch(batch_size=n, seed=s) for n, s in ((3, 0), (5, 1))]
+    batches = [Batch(p["input_ids"], p["attention_mask"], p["labels"], np.zeros(p["input_ids"].shape, np.float32))
+               for p in parts]
+    record = evaluation.score(batches, evaluation.runtime_scores(rt, None), "classification")
+    X = {n: tiny_cls.effective(n, w).astype(np.float64) for n, w in tiny_cls.weights.items()}
+    losses = [tiny_cls.reference(p, X)[0] for p in parts]  # each batch's mean NLL of its labels
+    assert record["eval_ce"] == pytest.approx((3 * losses[0] + 5 * losses[1]) / 8, rel=1e-5)
+    right = sum(int(np.sum(np.argmax(tiny_cls.reference(p, X)[1], 1) == p["labels"])) for p in parts)
+    assert record["eval_acc"] == right / 8
 
 
 def test_a_probe_for_another_sketch_is_refused(tiny_cls):
