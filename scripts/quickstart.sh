@@ -3,7 +3,7 @@
 # sample that ships with edge-zo (edge_zo/samples/), printing test accuracy and cross-entropy
 # zero-shot, after the linear probe alone, and after the zeroth-order stage:
 # LP-then-ZO (a linear head fitted first, then ZO-MOPI steps on the encoder and the head).
-# About 5 minutes on a 2-core laptop CPU once installed (the export takes about 1 more).
+# About 3 minutes on a 2-core CPU once installed, the export included.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
