@@ -35,10 +35,14 @@ def candidate_ce(loglik: np.ndarray, layout: ChoiceLayout) -> np.ndarray:
     total = np.zeros(loglik.shape[0])
     for rows, label in zip(_groups(layout), layout.labels):
         logits = loglik[:, rows]
-        top = logits.max(axis=1, keepdims=True)
-        logsumexp = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
-        total += logsumexp - logits[:, label]
+        total += logsumexp(logits) - logits[:, label]
     return total / len(layout.sizes)
+
+
+def logsumexp(x: np.ndarray) -> np.ndarray:
+    """log(sum(exp(x))) over the last axis, computed from the max (no overflow)."""
+    top = x.max(axis=-1, keepdims=True)
+    return top[..., 0] + np.log(np.exp(x - top).sum(axis=-1))
 
 
 def correct(loglik: np.ndarray, layout: ChoiceLayout) -> int:

@@ -56,9 +56,7 @@ def label_ce(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """[rows, C] label scores -> each row's cross-entropy, logsumexp(scores) - scores[label]
     (float64: the classification graph's loss, candidate_cross_entropy, per row)."""
     scores = np.asarray(scores, dtype=np.float64)
-    top = scores.max(axis=1, keepdims=True)
-    logsumexp = top[:, 0] + np.log(np.exp(scores - top).sum(axis=1))
-    return logsumexp - scores[np.arange(len(scores)), labels]
+    return choice.logsumexp(scores) - scores[np.arange(len(scores)), labels]
 
 
 def evaluate(runtime, C, examples: list, tokenizer, manifest, batch_size: int) -> dict:

@@ -41,8 +41,8 @@ $EDGE_ZO eval --run "$PROBE" --data "$TEST" --weights last
 
 # Then the probe and 500 ZO-MOPI steps (4 probe directions, 8 forwards a step) on the encoder
 # and the head. eta 2e-2 was chosen on a dev split of the training reviews (120 / 40: dev
-# cross-entropy -3.5% at 500 steps, -4.5% at 1000; at eta 1e-2 -2.4% at 1000); the test reviews chose nothing.
-# No --eval-data: the last iterate is what is scored.
+# cross-entropy -3.5% at 500 steps, -4.5% at 1000; at eta 1e-2 -2.4% at 1000); the test
+# reviews chose nothing. No --eval-data: the last iterate is what is scored.
 $EDGE_ZO finetune --bundle "$BUNDLE" --data "$TRAIN" --optimizer zo-mopi --out "$RUN" \
   template=$TEMPLATE steps=500 optimizer.eta=2e-2
 
