@@ -138,9 +138,9 @@ def test_classification_evaluation_reports_the_graphs_own_loss_as_eval_ce(tiny_c
                for p in parts]
     record = evaluation.score(batches, evaluation.runtime_scores(rt, None), "classification")
     X = {n: tiny_cls.effective(n, w).astype(np.float64) for n, w in tiny_cls.weights.items()}
-    losses = [tiny_cls.reference(p, X)[0] for p in parts]  # each batch's mean NLL of its labels
-    assert record["eval_ce"] == pytest.approx((3 * losses[0] + 5 * losses[1]) / 8, rel=1e-5)
-    right = sum(int(np.sum(np.argmax(tiny_cls.reference(p, X)[1], 1) == p["labels"])) for p in parts)
+    (loss0, scores0), (loss1, scores1) = [tiny_cls.reference(p, X) for p in parts]  # each batch's mean NLL
+    assert record["eval_ce"] == pytest.approx((3 * loss0 + 5 * loss1) / 8, rel=1e-5)
+    right = sum(int(np.sum(np.argmax(scores, 1) == p["labels"])) for scores, p in zip((scores0, scores1), parts))
     assert record["eval_acc"] == right / 8
 
 
